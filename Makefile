@@ -1,0 +1,35 @@
+# Every target creates .venv when it is missing and installs the project into it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.local/airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(AIRFLOW_ENV) $(BIN)/airflow db migrate > /dev/null
+	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test mnist_training
+	$(BIN)/mnist-pipeline summary
+
+lint: $(STAMP)
+	$(BIN)/ruff check mnist_pipeline dags plugins tests
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf .local .pytest_cache .ruff_cache

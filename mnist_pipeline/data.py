@@ -1,0 +1,176 @@
+"""MNIST as validated numpy arrays: parse the Keras `.npz` layout or LeCun's IDX files, check them.
+
+Every defect raises `DataError` naming the source and what is wrong, before anything is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import struct
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from mnist_pipeline.errors import DataError
+from mnist_pipeline.sources import read_source_bytes
+
+__all__ = [
+    "IDX_FILES",
+    "MnistData",
+    "load_mnist",
+    "parse_idx",
+    "parse_npz",
+    "split_validation",
+    "validate_mnist",
+]
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# LeCun's file names, in the order of SPLIT_ARRAYS.
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32}
+
+
+@dataclass(frozen=True)
+class MnistData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in SPLIT_ARRAYS}
+
+    def content_hash(self) -> str:
+        """sha256 over every array's name, dtype, shape and bytes: equal data, equal hash."""
+        digest = hashlib.sha256()
+        for name, array in self.arrays().items():
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def head(self, max_train_images: int) -> MnistData:
+        """Keep the first `max_train_images` training images (0 keeps all); the test set stays whole."""
+        if not max_train_images or max_train_images >= len(self.y_train):
+            return self
+        n = max_train_images
+        return MnistData(self.x_train[:n], self.y_train[:n], self.x_test, self.y_test)
+
+
+def load_mnist(source: str) -> MnistData:
+    """Read and validate MNIST from a `.npz` file or a folder/prefix of the four IDX files."""
+    if source.split("#", 1)[0].endswith(".npz"):
+        data = parse_npz(read_source_bytes(source), source)
+    else:
+        data = _load_idx_folder(source)
+    return validate_mnist(data, source)
+
+
+def parse_npz(raw: bytes, source: str) -> MnistData:
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            missing = [name for name in SPLIT_ARRAYS if name not in npz.files]
+            if missing:
+                raise DataError(f"data source {source!r}: npz lacks arrays {missing}")
+            return MnistData(*(npz[name] for name in SPLIT_ARRAYS))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"data source {source!r}: not a readable .npz file ({exc})") from exc
+
+
+def parse_idx(raw: bytes, source: str) -> np.ndarray:
+    """One IDX file (gzip-compressed or raw) as an array of the dtype and shape its header says."""
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"data source {source!r}: corrupt gzip data ({exc})") from exc
+    if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"data source {source!r}: not an IDX file (bad magic number)")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]]).newbyteorder(">")
+    ndim = raw[3]
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise DataError(f"data source {source!r}: IDX header truncated")
+    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header_size != expected:
+        raise DataError(
+            f"data source {source!r}: IDX body has {len(raw) - header_size} bytes, "
+            f"its header {shape} needs {expected}"
+        )
+    array = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def _load_idx_folder(source: str) -> MnistData:
+    base = source.rstrip("/")
+    arrays = []
+    for name in IDX_FILES:
+        last_error: DataError | None = None
+        for candidate in (f"{base}/{name}.gz", f"{base}/{name}"):
+            try:
+                arrays.append(parse_idx(read_source_bytes(candidate), candidate))
+                break
+            except DataError as exc:
+                if "no such file" not in str(exc) and "does not exist" not in str(exc):
+                    raise
+                last_error = exc
+        else:
+            raise DataError(
+                f"data source {source!r}: neither an .npz file nor a folder with {name}(.gz)"
+            ) from last_error
+    return MnistData(*arrays)
+
+
+def validate_mnist(data: MnistData, source: str) -> MnistData:
+    """Check shapes, dtypes, label range and counts; return the data with uint8 labels."""
+    for split in ("train", "test"):
+        _check_images(getattr(data, f"x_{split}"), f"x_{split}", source)
+        _check_labels(getattr(data, f"y_{split}"), f"y_{split}", source)
+        images, labels = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if len(images) != len(labels):
+            raise DataError(f"data source {source!r}: {len(images)} {split} images but {len(labels)} labels")
+    return MnistData(data.x_train, data.y_train.astype(np.uint8), data.x_test, data.y_test.astype(np.uint8))
+
+
+def _check_images(images: np.ndarray, name: str, source: str) -> None:
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"data source {source!r}: {name} has shape {images.shape}, expected (N, 28, 28)")
+    if images.dtype != np.uint8:
+        raise DataError(f"data source {source!r}: {name} has dtype {images.dtype}, expected uint8")
+    if len(images) == 0:
+        raise DataError(f"data source {source!r}: {name} is empty")
+
+
+def _check_labels(labels: np.ndarray, name: str, source: str) -> None:
+    if labels.ndim != 1:
+        raise DataError(f"data source {source!r}: {name} has shape {labels.shape}, expected (N,)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"data source {source!r}: {name} has dtype {labels.dtype}, expected integers")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+        raise DataError(
+            f"data source {source!r}: {name} holds label {int(bad[0])}; labels must be 0-9"
+            f" ({len(bad)} out of range)"
+        )
+
+
+def split_validation(
+    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A seeded, deterministic (train, validation) split carved from the training set."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    n_val = max(1, round(len(labels) * fraction))
+    val, train = order[:n_val], order[n_val:]
+    return (images[train], labels[train]), (images[val], labels[val])

@@ -1,0 +1,134 @@
+"""The pipeline's steps, as plain functions: `ingest`, `train`, `evaluate`, `promote`.
+
+Airflow tasks and the `mnist-pipeline` CLI both call these. Each step takes and returns small
+JSON-able dicts (URIs, hashes, metrics: what XCom may carry) and writes its full record under
+`<artifacts>/runs/<run id>/`, so any step can be re-run or inspected on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.data import load_mnist, split_validation
+from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.models import get_model_spec
+from mnist_pipeline.snapshot import read_snapshot, write_snapshot
+from mnist_pipeline.sources import sha256_hex
+from mnist_pipeline.storage import Storage, open_storage
+
+__all__ = ["evaluate", "ingest", "run_key", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def run_key(run_id: str) -> str:
+    """The artifacts prefix of one run; Airflow run ids hold ':' and '+', so they are escaped."""
+    if not run_id:
+        raise ConfigError("run_id must not be empty")
+    return "runs/" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ingest(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+    """Load and validate MNIST from the source; store it as a content-addressed snapshot."""
+    artifacts = open_storage(settings.artifacts_uri)
+    data = load_mnist(settings.source).head(settings.max_train_images)
+    record = {**write_snapshot(data, artifacts, settings.source).to_dict(), "run_id": run_id}
+    artifacts.write_json(f"{run_key(run_id)}/ingest.json", record)
+    log.info(
+        "ingested %s: %d train / %d test images, hash %s",
+        settings.source,
+        record["train_images"],
+        record["test_images"],
+        record["data_hash"],
+    )
+    return record
+
+
+def train(
+    model_name: str,
+    snapshot: dict[str, Any],
+    train_config: TrainConfig,
+    settings: PipelineSettings,
+    run_id: str,
+) -> dict[str, Any]:
+    """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run."""
+    from mnist_pipeline.model_io import model_to_bytes
+    from mnist_pipeline.training import train_model
+
+    get_model_spec(model_name)  # fail before loading any data on an unknown name
+    artifacts = open_storage(settings.artifacts_uri)
+    data = read_snapshot(artifacts, snapshot["data_hash"])
+    train_split, val_split = split_validation(
+        data.x_train, data.y_train, train_config.validation_fraction, train_config.seed
+    )
+    result = train_model(model_name, train_split, val_split, train_config)
+    model_bytes = model_to_bytes(result.model)
+    prefix = f"{run_key(run_id)}/{model_name}"
+    artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
+    record = {
+        "model": model_name,
+        "run_id": run_id,
+        "data_hash": snapshot["data_hash"],
+        "model_uri": artifacts.uri(f"{prefix}/model.keras"),
+        "model_sha256": sha256_hex(model_bytes),
+        "trained_at": utc_now(),
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.train_seconds, 2),
+        "global_batch_size": result.global_batch_size,
+        "replicas": result.replicas,
+        "devices": result.devices,
+        "model_config": asdict(result.model_config),
+        "train_config": asdict(train_config),
+    }
+    artifacts.write_json(f"{prefix}/training.json", {**record, "history": result.history})
+    return record
+
+
+def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, Any]:
+    """Evaluate a trained model on the fixed test set; write `metrics.json` beside the model."""
+    from mnist_pipeline.evaluation import evaluate_model
+
+    artifacts = open_storage(settings.artifacts_uri)
+    prefix = f"{run_key(training['run_id'])}/{training['model']}"
+    model = load_verified_model(artifacts, f"{prefix}/model.keras", training["model_sha256"])
+    data = read_snapshot(artifacts, training["data_hash"])
+    metrics = evaluate_model(model, data.x_test, data.y_test)
+    artifacts.write_json(f"{prefix}/metrics.json", metrics)
+    log.info("%s: test accuracy %.4f, loss %.4f", training["model"], metrics["accuracy"], metrics["loss"])
+    record = {
+        key: training[key]
+        for key in (
+            "model",
+            "run_id",
+            "data_hash",
+            "model_uri",
+            "model_sha256",
+            "epochs_run",
+            "train_seconds",
+        )
+    } | {
+        "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"],
+        "metrics_uri": artifacts.uri(f"{prefix}/metrics.json"),
+    }
+    artifacts.write_json(f"{prefix}/evaluation.json", record)
+    return record
+
+
+def load_verified_model(storage: Storage, key: str, expected_sha256: str) -> Any:
+    from mnist_pipeline.errors import RegistryError
+    from mnist_pipeline.model_io import load_model_bytes
+
+    data = storage.read_bytes(key)
+    if sha256_hex(data) != expected_sha256:
+        raise RegistryError(f"{storage.uri(key)} does not match its recorded sha256; refusing to load it")
+    return load_model_bytes(data)

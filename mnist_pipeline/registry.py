@@ -1,0 +1,115 @@
+"""The model registry: published versions and the champion pointer, on any `Storage`.
+
+Layout under the registry root:
+    mnist/models/<model>/<version>/model.keras, saved_model/..., metrics.json, metadata.json
+    mnist/champion.json   -> {model, version, uri, metrics, promoted_at, run_id}
+
+`metadata.json` is written last and lists the sha256 of every other file: a version without it is
+incomplete and never listed, so readers never see a half-published version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnist_pipeline.errors import RegistryError, StorageError
+from mnist_pipeline.sources import sha256_hex
+from mnist_pipeline.storage import Storage
+
+__all__ = ["ModelRegistry", "VersionRef", "validate_name"]
+
+ROOT = "mnist"
+CHAMPION_KEY = f"{ROOT}/champion.json"
+METADATA_FILE = "metadata.json"
+# Names become object paths: letters, digits, '.', '_', '-' only, and never '..'.
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or ".." in name:
+        raise RegistryError(
+            f"{kind} name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+            "(no slashes, no '..', at most 128 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    model: str
+    version: str
+
+    def __post_init__(self) -> None:
+        validate_name("model", self.model)
+        validate_name("version", self.version)
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/models/{self.model}/{self.version}"
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.version}"
+
+
+class ModelRegistry:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def uri(self, ref: VersionRef) -> str:
+        return self.storage.uri(ref.prefix)
+
+    def publish(self, ref: VersionRef, local_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Upload every file of `local_dir`, then `metadata.json` with their sha256 (the commit mark)."""
+        if self.is_published(ref):
+            return self.metadata(ref)  # idempotent: a retried task re-publishes nothing
+        files = {
+            path.relative_to(local_dir).as_posix(): sha256_hex(path.read_bytes())
+            for path in sorted(Path(local_dir).rglob("*"))
+            if path.is_file() and path.name != METADATA_FILE
+        }
+        self.storage.upload_dir(local_dir, ref.prefix)
+        full = {**metadata, "model": ref.model, "version": ref.version, "files_sha256": files}
+        self.storage.write_json(f"{ref.prefix}/{METADATA_FILE}", full)
+        return full
+
+    def is_published(self, ref: VersionRef) -> bool:
+        return self.storage.exists(f"{ref.prefix}/{METADATA_FILE}")
+
+    def metadata(self, ref: VersionRef) -> dict[str, Any]:
+        try:
+            return self.storage.read_json(f"{ref.prefix}/{METADATA_FILE}")
+        except StorageError:
+            raise RegistryError(f"unknown version {ref} in registry {self.storage.root_uri}") from None
+
+    def versions(self) -> list[VersionRef]:
+        """Every completely published version, oldest version name first within each model."""
+        refs = []
+        for key in self.storage.list_keys(f"{ROOT}/models/"):
+            parts = key.split("/")
+            if len(parts) == 5 and parts[4] == METADATA_FILE:
+                refs.append(VersionRef(parts[2], parts[3]))
+        return sorted(refs, key=lambda ref: (ref.model, ref.version))
+
+    def champion(self) -> dict[str, Any] | None:
+        if not self.storage.exists(CHAMPION_KEY):
+            return None
+        return self.storage.read_json(CHAMPION_KEY)
+
+    def set_champion(self, pointer: dict[str, Any]) -> None:
+        ref = VersionRef(pointer["model"], pointer["version"])
+        if not self.is_published(ref):
+            raise RegistryError(f"cannot make {ref} champion: it is not completely published")
+        self.storage.write_json(CHAMPION_KEY, pointer)
+
+    def verified_file(self, ref: VersionRef, name: str) -> bytes:
+        """A version's file, refused unless its bytes match the sha256 recorded at publication."""
+        expected = self.metadata(ref)["files_sha256"].get(name)
+        if expected is None:
+            raise RegistryError(f"version {ref} has no file {name!r}")
+        data = self.storage.read_bytes(f"{ref.prefix}/{name}")
+        if sha256_hex(data) != expected:
+            raise RegistryError(f"version {ref}: {name} does not match its recorded sha256; refusing it")
+        return data

@@ -1,0 +1,58 @@
+"""Dataset snapshots: validated MNIST stored once, under the hash of its content.
+
+Every trained model records the hash, so the exact data behind it can always be read back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mnist_pipeline.data import MnistData, parse_npz, validate_mnist
+from mnist_pipeline.errors import DataError
+from mnist_pipeline.storage import Storage
+
+__all__ = ["SnapshotInfo", "read_snapshot", "write_snapshot"]
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    data_hash: str
+    uri: str
+    source: str
+    train_images: int
+    test_images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _key(data_hash: str) -> str:
+    return f"datasets/{data_hash}/mnist.npz"
+
+
+def write_snapshot(data: MnistData, storage: Storage, source: str) -> SnapshotInfo:
+    """Store `data` under its content hash; an identical snapshot already there is reused."""
+    data_hash = data.content_hash()
+    info = SnapshotInfo(data_hash, storage.uri(_key(data_hash)), source, len(data.y_train), len(data.y_test))
+    if not storage.exists(_key(data_hash)):
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **data.arrays())
+        # The manifest goes first: the npz's presence is what marks the snapshot complete.
+        storage.write_bytes(
+            f"datasets/{data_hash}/manifest.json", json.dumps(info.to_dict(), indent=2).encode()
+        )
+        storage.write_bytes(_key(data_hash), buffer.getvalue())
+    return info
+
+
+def read_snapshot(storage: Storage, data_hash: str) -> MnistData:
+    """Read a snapshot back and check that its content still matches its name."""
+    key = _key(data_hash)
+    data = validate_mnist(parse_npz(storage.read_bytes(key), storage.uri(key)), storage.uri(key))
+    if data.content_hash() != data_hash:
+        raise DataError(f"dataset snapshot {storage.uri(key)}: content does not match its hash")
+    return data

@@ -1,0 +1,204 @@
+"""One small storage interface over a local folder or a GCS bucket.
+
+Everything the pipeline persists (dataset snapshots, trained models, the registry) goes through a
+`Storage`, addressed by a root URI: a filesystem path or `gs://bucket/prefix`. The GCS backend uses
+google-cloud-storage, which talks to an emulator when `STORAGE_EMULATOR_HOST` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from mnist_pipeline.errors import StorageError
+
+__all__ = ["GcsStorage", "LocalStorage", "Storage", "open_storage", "split_gs_uri"]
+
+
+class Storage(ABC):
+    """Keys are `/`-separated paths relative to the storage root."""
+
+    root_uri: str
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key under `prefix`, sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri.rstrip('/')}/{key}"
+
+    def read_json(self, key: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(key))
+        except json.JSONDecodeError as exc:
+            raise StorageError(f"{self.uri(key)} is not valid JSON ({exc})") from exc
+
+    def write_json(self, key: str, payload: Any) -> None:
+        self.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True).encode())
+
+    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
+        """Copy every file below `local_dir` to keys under `prefix`; returns the keys written."""
+        written = []
+        for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+            key = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
+            self.write_bytes(key, path.read_bytes())
+            written.append(key)
+        return written
+
+    def download_prefix(self, prefix: str, local_dir: Path) -> Path:
+        """Copy every key under `prefix` into `local_dir`, keeping the relative layout."""
+        keys = self.list_keys(prefix)
+        if not keys:
+            raise StorageError(f"nothing stored under {self.uri(prefix)}")
+        for key in keys:
+            target = Path(local_dir) / key[len(prefix.rstrip("/")) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read_bytes(key))
+        return Path(local_dir)
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root_uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise StorageError(f"key {key!r} escapes the storage root {self.root}")
+        return path
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{self.uri(key)} does not exist") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        # Write to a temporary file then rename: readers never see a half-written object.
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+class GcsStorage(Storage):
+    def __init__(self, uri: str) -> None:
+        from google.cloud import storage as gcs
+
+        self.bucket_name, self.prefix = split_gs_uri(uri)
+        self.root_uri = uri.rstrip("/")
+        self.client = _gcs_client(gcs)
+        self.bucket = self.client.bucket(self.bucket_name)
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read_bytes(self, key: str) -> bytes:
+        from google.api_core import exceptions
+
+        try:
+            return self.bucket.blob(self._name(key)).download_as_bytes()
+        except exceptions.NotFound:
+            raise StorageError(f"{self.uri(key)} does not exist") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self.bucket.blob(self._name(key)).upload_from_string(data)
+        except exceptions.NotFound:
+            raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self.bucket.blob(self._name(key)).exists()
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        from google.api_core import exceptions
+
+        full = self._name(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            blobs = self.client.list_blobs(self.bucket_name, prefix=full)
+            return sorted(blob.name[strip:] for blob in blobs)
+        except exceptions.NotFound:
+            raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
+
+    def delete(self, key: str) -> None:
+        for name in self.list_keys(key):
+            self.bucket.blob(self._name(name)).delete()
+
+
+def _gcs_client(gcs):
+    # With an emulator there are no credentials to find; anonymous access is what it expects.
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return gcs.Client(project="mnist-pipeline", credentials=AnonymousCredentials())
+    return gcs.Client()
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """`gs://bucket/some/prefix` -> (`bucket`, `some/prefix`)."""
+    if not uri.startswith("gs://"):
+        raise StorageError(f"{uri!r} is not a gs:// URI")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri!r} names no bucket")
+    return bucket, prefix.strip("/")
+
+
+def open_storage(uri: str) -> Storage:
+    """A `GcsStorage` for `gs://` URIs, a `LocalStorage` for paths (`file://` accepted)."""
+    if uri.startswith("gs://"):
+        return GcsStorage(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise StorageError(f"storage URI {uri!r}: only local paths and gs:// URIs are supported")
+    return LocalStorage(uri)

@@ -1,0 +1,121 @@
+"""Train one registered model under a `tf.distribute` strategy.
+
+Follows keras-io's distributed-training guide: variables are created inside `strategy.scope()`,
+and datasets are batched with the global batch (per-replica batch x replicas in sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.datasets import make_eval_dataset, make_train_dataset
+from mnist_pipeline.models import ModelConfig, get_model_spec
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+__all__ = ["TrainResult", "make_strategy", "resolve_model_config", "train_model"]
+
+log = logging.getLogger(__name__)
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """`MirroredStrategy` over every visible GPU; over the one CPU device when there is none."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # Grow GPU memory on demand, so a second process on the same GPU is not starved.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+
+
+def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
+    """The model's default config with the run's epochs / batch size / learning rate applied."""
+    overrides = {
+        key: value
+        for key, value in (
+            ("epochs", train.epochs),
+            ("batch_size", train.batch_size),
+            ("learning_rate", train.learning_rate),
+        )
+        if value is not None
+    }
+    return get_model_spec(name).config(**overrides)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    model_config: ModelConfig
+    history: dict[str, list[float]]
+    epochs_run: int
+    train_seconds: float
+    global_batch_size: int
+    replicas: int
+    devices: list[str] = field(default_factory=list)
+
+
+def train_model(
+    name: str,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    train_config: TrainConfig | None = None,
+) -> TrainResult:
+    import keras
+
+    train_config = train_config or TrainConfig()
+    model_config = resolve_model_config(name, train_config)
+    keras.utils.set_random_seed(train_config.seed)
+    strategy = make_strategy()
+    global_batch = model_config.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = get_model_spec(name).builder(model_config)
+        model.compile(
+            optimizer=keras.optimizers.Adam(model_config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    started = time.perf_counter()
+    history = model.fit(
+        make_train_dataset(*train_data, global_batch, train_config.seed),
+        validation_data=make_eval_dataset(*val_data, global_batch),
+        epochs=model_config.epochs,
+        shuffle=False,  # the dataset reshuffles itself every epoch, seeded
+        callbacks=_callbacks(train_config, model_config.epochs, len(train_data[1])),
+        verbose=0,
+    )
+    return TrainResult(
+        model=model,
+        model_config=model_config,
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        epochs_run=len(history.epoch),
+        train_seconds=time.perf_counter() - started,
+        global_batch_size=global_batch,
+        replicas=strategy.num_replicas_in_sync,
+        devices=list(strategy.extended.worker_devices),
+    )
+
+
+def _callbacks(train_config: TrainConfig, epochs: int, train_images: int) -> list[Any]:
+    import keras
+
+    from mnist_pipeline.callbacks import EpochLogger
+
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy",
+            patience=train_config.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        EpochLogger(epochs, train_images),
+    ]

