@@ -48,6 +48,27 @@ PARAMS = {
         title="Batch size per replica",
         description="Empty keeps each model's default; the global batch is this times the replicas.",
     ),
+    "promotion_margin": Param(
+        0.001,
+        type="number",
+        minimum=0,
+        maximum=0.5,
+        title="Promotion margin",
+        description="Test accuracy the challenger must gain over the champion (0.001 = 0.1 points),"
+        " on top of a significant McNemar test.",
+    ),
+    "force_promote": Param(
+        False,
+        type="boolean",
+        title="Force promotion",
+        description="Promote the run's best model even if the gate says no; recorded as forced.",
+    ),
+    "dry_run": Param(
+        False,
+        type="boolean",
+        title="Dry run",
+        description="Decide and report the verdict, but write nothing to the registry.",
+    ),
     "max_train_images": Param(
         0,
         type="integer",
@@ -78,12 +99,13 @@ def _run_id() -> str:
 
 @contextmanager
 def _no_retry_on_bad_input() -> Iterator[None]:
-    """Bad data or settings fail the task at once: a retry would only fail the same way."""
-    from mnist_pipeline.errors import ConfigError, DataError
+    """Bad data, settings or registry contents fail the task at once: a retry would fail the same
+    way. Storage errors (a network blip) are left to Airflow's retries."""
+    from mnist_pipeline.errors import ConfigError, DataError, RegistryError
 
     try:
         yield
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, RegistryError) as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(str(exc)) from exc
@@ -117,12 +139,32 @@ def evaluate(training: dict) -> dict:
         return evaluate_step(training, _settings())
 
 
+def _promotion_options() -> Any:
+    from mnist_pipeline.gate import GateConfig
+    from mnist_pipeline.promotion import PromotionOptions
+
+    context = get_current_context()
+    params = context["params"]
+    return PromotionOptions(
+        gate=GateConfig(margin=params["promotion_margin"]),
+        force=params["force_promote"],
+        dry_run=params["dry_run"],
+        trigger=_trigger_kind(context),
+    )
+
+
+def _trigger_kind(context: Any) -> str:
+    """`manual`, `scheduled`, `asset_triggered`, ...: the DagRunType's value, not its repr."""
+    run_type = getattr(context["dag_run"], "run_type", None)
+    return str(getattr(run_type, "value", run_type or "unknown"))
+
+
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 def promote(evaluations: list[dict | None]) -> dict:
     from mnist_pipeline.promotion import promote as promote_step
 
     with _no_retry_on_bad_input():
-        return promote_step([e for e in evaluations if e], _settings(), _run_id())
+        return promote_step([e for e in evaluations if e], _settings(), _run_id(), _promotion_options())
 
 
 @task_group

@@ -1,10 +1,8 @@
-"""`mnist-pipeline`: the DAG's steps from a terminal, over the same environment variables.
+"""`mnist-pipeline`: the DAG's steps and the registry from a terminal, over the same environment.
 
-    mnist-pipeline ingest
-    mnist-pipeline train cnn --epochs 2
-    mnist-pipeline evaluate cnn
-    mnist-pipeline promote
-    mnist-pipeline summary
+    mnist-pipeline ingest | train MODEL | evaluate MODEL | promote | summary
+    mnist-pipeline registry list | show [MODEL/VERSION] | history | promote MODEL/VERSION --reason TEXT
+    mnist-pipeline registry rollback
 
 Steps of one run share `--run-id` (default `cli`). Bad input exits with status 2 and the error.
 """
@@ -12,6 +10,7 @@ Steps of one run share `--run-id` (default `cli`). Bad input exits with status 2
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -38,11 +37,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
-    evaluate = steps.add_parser("evaluate", help="evaluate one trained model on the test set")
-    evaluate.add_argument("model")
-    steps.add_parser("promote", help="promote the run's best evaluated model")
+    steps.add_parser("evaluate", help="evaluate one trained model on the test set").add_argument("model")
+    promote = steps.add_parser("promote", help="gate the run's best model and promote it if it wins")
+    promote.add_argument("--force", action="store_true", help="bypass the gate (recorded as forced)")
+    promote.add_argument("--dry-run", action="store_true", help="decide and report; write nothing")
+    promote.add_argument("--margin", type=float, help="accuracy margin to beat (default 0.001)")
     steps.add_parser("summary", help="print the newest run's results and the champion")
+    _registry_parser(steps.add_parser("registry", help="browse and manage the model registry"))
     return parser
+
+
+def _registry_parser(registry: argparse.ArgumentParser) -> None:
+    actions = registry.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every published version; * marks the champion")
+    actions.add_parser("show", help="one version's metadata (default: the champion)").add_argument(
+        "ref", nargs="?", metavar="MODEL/VERSION"
+    )
+    actions.add_parser("history", help="every gate decision, promotion and rollback, oldest first")
+    promote = actions.add_parser("promote", help="make a version champion, bypassing the gate")
+    promote.add_argument("ref", metavar="MODEL/VERSION")
+    promote.add_argument("--reason", required=True)
+    actions.add_parser("rollback", help="point back at the previous champion")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = PipelineSettings.from_env().with_overrides(
             source=args.source, max_train_images=args.max_train_images
         )
-        print(_run_step(args, settings))
+        print(_registry_action(args, settings) if args.step == "registry" else _run_step(args, settings))
     except MnistPipelineError as exc:
         print(f"mnist-pipeline: error: {exc}", file=sys.stderr)
         return 2
@@ -67,10 +82,10 @@ def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
 
     artifacts = open_storage(settings.artifacts_uri)
     run = pipeline.run_key(args.run_id)
-    if args.step == "ingest":
-        return _json(pipeline.ingest(settings, args.run_id))
     if args.step in ("train", "evaluate"):
         get_model_spec(args.model)  # an unknown name fails before any file is read
+    if args.step == "ingest":
+        return _json(pipeline.ingest(settings, args.run_id))
     if args.step == "train":
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
         snapshot = artifacts.read_json(f"{run}/ingest.json")
@@ -79,10 +94,38 @@ def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
         training = artifacts.read_json(f"{run}/{args.model}/training.json")
         return _json(pipeline.evaluate(training, settings))
     if args.step == "promote":
-        return _json(
-            promotion.promote(summary.run_evaluations(artifacts, args.run_id), settings, args.run_id)
-        )
+        evaluations = summary.run_evaluations(artifacts, args.run_id)
+        return _json(promotion.promote(evaluations, settings, args.run_id, _promotion_options(args)))
     return summary.render_summary(artifacts, settings)
+
+
+def _promotion_options(args: argparse.Namespace) -> Any:
+    from mnist_pipeline.gate import GateConfig
+    from mnist_pipeline.promotion import PromotionOptions
+
+    gate = GateConfig() if args.margin is None else GateConfig(margin=args.margin)
+    return PromotionOptions(gate=gate, force=args.force, dry_run=args.dry_run, trigger=_who())
+
+
+def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> str:
+    from mnist_pipeline import operations, summary
+    from mnist_pipeline.registry import ModelRegistry, parse_ref
+    from mnist_pipeline.storage import open_storage
+
+    registry = ModelRegistry(open_storage(settings.registry_uri))
+    if args.action == "list":
+        return summary.render_versions(registry)
+    if args.action == "show":
+        return _json(summary.version_details(registry, parse_ref(args.ref) if args.ref else None))
+    if args.action == "history":
+        return summary.render_history(registry)
+    if args.action == "promote":
+        return _json(operations.promote_version(registry, parse_ref(args.ref), args.reason, _who()))
+    return _json(operations.rollback(registry, _who()))
+
+
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
 
 
 def _json(payload: Any) -> str:

@@ -52,11 +52,11 @@ class MnistData:
 
     def content_hash(self) -> str:
         """sha256 over every array's name, dtype, shape and bytes: equal data, equal hash."""
-        digest = hashlib.sha256()
-        for name, array in self.arrays().items():
-            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()
+        return _hash_arrays(self.arrays())
+
+    def test_hash(self) -> str:
+        """The hash of the test split alone: models measured on equal test hashes are comparable."""
+        return _hash_arrays({"x_test": self.x_test, "y_test": self.y_test})
 
     def head(self, max_train_images: int) -> MnistData:
         """Keep the first `max_train_images` training images (0 keeps all); the test set stays whole."""
@@ -64,6 +64,14 @@ class MnistData:
             return self
         n = max_train_images
         return MnistData(self.x_train[:n], self.y_train[:n], self.x_test, self.y_test)
+
+
+def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name, array in arrays.items():
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def load_mnist(source: str) -> MnistData:

@@ -7,11 +7,16 @@ JSON-able dicts (URIs, hashes, metrics: what XCom may carry) and writes its full
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data import load_mnist, split_validation
@@ -94,15 +99,22 @@ def train(
 
 
 def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, Any]:
-    """Evaluate a trained model on the fixed test set; write `metrics.json` beside the model."""
-    from mnist_pipeline.evaluation import evaluate_model
+    """Evaluate a trained model on the fixed test set; store beside it `metrics.json`, the
+    predicted labels (`predictions.npy`, which the promotion gate pairs with the champion's) and
+    the SavedModel export for serving."""
+    from mnist_pipeline.evaluation import metrics_from_probabilities, predict_probabilities
 
     artifacts = open_storage(settings.artifacts_uri)
     prefix = f"{run_key(training['run_id'])}/{training['model']}"
     model = load_verified_model(artifacts, f"{prefix}/model.keras", training["model_sha256"])
     data = read_snapshot(artifacts, training["data_hash"])
-    metrics = evaluate_model(model, data.x_test, data.y_test)
+    probabilities = predict_probabilities(model, data.x_test)
+    metrics = metrics_from_probabilities(probabilities, data.y_test) | {"test_hash": data.test_hash()}
     artifacts.write_json(f"{prefix}/metrics.json", metrics)
+    artifacts.write_bytes(
+        f"{prefix}/predictions.npy", npy_bytes(probabilities.argmax(axis=1).astype(np.uint8))
+    )
+    _export_to(artifacts, f"{prefix}/saved_model", model)
     log.info("%s: test accuracy %.4f, loss %.4f", training["model"], metrics["accuracy"], metrics["loss"])
     record = {
         key: training[key]
@@ -118,10 +130,25 @@ def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, 
     } | {
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
+        "test_hash": metrics["test_hash"],
         "metrics_uri": artifacts.uri(f"{prefix}/metrics.json"),
     }
     artifacts.write_json(f"{prefix}/evaluation.json", record)
     return record
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _export_to(artifacts: Storage, prefix: str, model: Any) -> None:
+    from mnist_pipeline.model_io import export_saved_model
+
+    artifacts.delete(prefix)  # a retried task must not leave files of an earlier export behind
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts.upload_dir(export_saved_model(model, Path(tmp) / "saved_model"), prefix)
 
 
 def load_verified_model(storage: Storage, key: str, expected_sha256: str) -> Any:

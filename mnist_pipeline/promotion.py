@@ -1,30 +1,48 @@
-"""Promote the run's best model to the registry, only when it beats the current champion.
+"""Promote the run's best model, only when the gate says it beats the champion.
 
-Arguments are checked up front; publication is idempotent (a version is named by its training
-time and model hash, so a retried task finds it already published); the champion pointer moves
-only after the whole version, `metadata.json` last, is in the registry.
+Order of work, so that no reader ever sees a half-written registry:
+1. gate: the challenger's test predictions against the champion's (re-evaluated when the test set
+   changed), margin + McNemar, or the floor when there is no champion;
+2. serving check: the exported SavedModel, loaded in a clean process, predicts what was evaluated;
+3. publish: every file of the version, then `metadata.json` (the commit mark);
+4. move `champion.json` by compare-and-swap; a lost race re-reads the champion and re-gates;
+5. record the decision in the append-only history, promoted or not.
+A retried task whose run already promoted finds its history event and does nothing.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
-import platform
-import tempfile
-from importlib import metadata as importlib_metadata
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.errors import ConfigError
-from mnist_pipeline.pipeline import load_verified_model, run_key, utc_now
-from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.data import MnistData
+from mnist_pipeline.errors import ConfigError, RegistryError
+from mnist_pipeline.gate import GateConfig, Verdict, judge
+from mnist_pipeline.history import find_promotion, record_event, stamp
+from mnist_pipeline.pipeline import run_key
+from mnist_pipeline.publication import publish_challenger
+from mnist_pipeline.registry import ModelRegistry, VersionRef, brief, chain_pointer
+from mnist_pipeline.serving import ServingCheckError
+from mnist_pipeline.snapshot import read_snapshot
 from mnist_pipeline.storage import Storage, open_storage
 
-__all__ = ["pick_challenger", "promote", "version_name"]
+__all__ = ["MAX_ATTEMPTS", "PromotionOptions", "pick_challenger", "promote"]
 
 log = logging.getLogger(__name__)
-_LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "google-cloud-storage", "apache-airflow")
+MAX_ATTEMPTS = 5  # compare-and-swap retries when other promotions keep moving the champion
+
+
+@dataclass(frozen=True)
+class PromotionOptions:
+    gate: GateConfig = field(default_factory=GateConfig)
+    force: bool = False  # bypass the gate (recorded as forced)
+    dry_run: bool = False  # decide and report, write nothing to the registry
+    trigger: str = "manual"  # who or what started the run: scheduled, manual, asset, cli...
 
 
 def pick_challenger(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -32,108 +50,116 @@ def pick_challenger(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
     if not evaluations:
         raise ConfigError("promote needs at least one evaluated model; none was given")
     for evaluation in evaluations:
-        missing = {"model", "run_id", "accuracy", "loss", "model_sha256"} - set(evaluation)
+        missing = {"model", "run_id", "accuracy", "loss", "model_sha256", "data_hash"} - set(evaluation)
         if missing:
             raise ConfigError(f"evaluation of {evaluation.get('model')!r} lacks {sorted(missing)}")
     return max(evaluations, key=lambda e: (e["accuracy"], -e["loss"]))
 
 
-def version_name(training: dict[str, Any]) -> str:
-    """Sortable by time, unique by content: `20261127T224100Z-<sha256[:8]>`."""
-    stamp = training["trained_at"].replace("-", "").replace(":", "")
-    return f"{stamp}-{training['model_sha256'][:8]}"
+@dataclass
+class _Context:
+    registry: ModelRegistry
+    artifacts: Storage
+    challenger: dict[str, Any]
+    data: MnistData
+    run_id: str
+    options: PromotionOptions
 
 
-def promote(evaluations: list[dict[str, Any]], settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+def promote(
+    evaluations: list[dict[str, Any]],
+    settings: PipelineSettings,
+    run_id: str,
+    options: PromotionOptions | None = None,
+) -> dict[str, Any]:
+    options = options or PromotionOptions()
     challenger = pick_challenger(evaluations)
-    artifacts = open_storage(settings.artifacts_uri)
     registry = ModelRegistry(open_storage(settings.registry_uri))
-    champion = registry.champion()
-    decision = _decide(challenger, champion)
-    if decision["promoted"]:
-        decision["version"] = _publish_and_point(registry, artifacts, challenger, run_id)
-    decision |= {
-        "run_id": run_id,
-        "decided_at": utc_now(),
-        "candidates": sorted(evaluations, key=lambda e: -e["accuracy"]),
-        "champion": registry.champion(),
-    }
-    artifacts.write_json(f"{run_key(run_id)}/promotion.json", decision)
-    log.info("promotion verdict for %s: %s", challenger["model"], decision["reason"])
-    return {key: decision[key] for key in ("promoted", "model", "accuracy", "reason", "champion")}
-
-
-def _decide(challenger: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
-    accuracy = challenger["accuracy"]
-    base = {"model": challenger["model"], "accuracy": accuracy}
-    if champion is None:
-        return base | {"promoted": True, "reason": "no champion yet"}
-    if champion.get("run_id") == challenger["run_id"] and champion.get("model") == challenger["model"]:
-        return base | {"promoted": False, "reason": "already promoted by this run"}
-    best = champion["metrics"]["accuracy"]
-    if accuracy > best:
-        return base | {"promoted": True, "reason": f"accuracy {accuracy:.4f} beats champion {best:.4f}"}
-    return base | {"promoted": False, "reason": f"accuracy {accuracy:.4f} does not beat champion {best:.4f}"}
-
-
-def _publish_and_point(
-    registry: ModelRegistry, artifacts: Storage, challenger: dict[str, Any], run_id: str
-) -> str:
-    prefix = f"{run_key(challenger['run_id'])}/{challenger['model']}"
-    training = artifacts.read_json(f"{prefix}/training.json")
-    metrics = artifacts.read_json(f"{prefix}/metrics.json")
-    ref = VersionRef(challenger["model"], version_name(training))
-    with tempfile.TemporaryDirectory() as tmp:
-        _stage_version(Path(tmp), artifacts, prefix, training, metrics)
-        registry.publish(ref, Path(tmp), _metadata(training, run_id))
-    registry.set_champion(
-        {
-            "model": ref.model,
-            "version": ref.version,
-            "uri": registry.uri(ref),
-            "metrics": {"accuracy": metrics["accuracy"], "loss": metrics["loss"]},
-            "data_hash": training["data_hash"],
-            "promoted_at": utc_now(),
-            "run_id": run_id,
-        }
+    done = find_promotion(registry.storage, run_id, challenger["model"])
+    if done is not None and not options.dry_run:
+        log.info("run %s already promoted %s/%s: nothing to do", run_id, done["model"], done["version"])
+        return _summary(done, noop=True)
+    artifacts = open_storage(settings.artifacts_uri)
+    ctx = _Context(
+        registry, artifacts, challenger, read_snapshot(artifacts, challenger["data_hash"]), run_id, options
     )
-    return ref.version
+    event = _gate_and_swap(ctx)
+    event = stamp(event) if options.dry_run else record_event(registry.storage, event)
+    artifacts.write_json(f"{run_key(run_id)}/promotion.json", event | {"candidates": _ranked(evaluations)})
+    log.info("promotion of %s: %s", challenger["model"], event["verdict"]["reason"])
+    return _summary(event)
 
 
-def _stage_version(
-    target: Path, artifacts: Storage, prefix: str, training: dict[str, Any], metrics: dict[str, Any]
-) -> None:
-    """model.keras (verified), the serving SavedModel exported from it, metrics.json, training.json."""
-    from mnist_pipeline.model_io import export_saved_model
+def _gate_and_swap(ctx: _Context) -> dict[str, Any]:
+    prefix = f"{run_key(ctx.challenger['run_id'])}/{ctx.challenger['model']}"
+    ours = np.load(_npy(ctx.artifacts, f"{prefix}/predictions.npy"), allow_pickle=False)
+    for _ in range(MAX_ATTEMPTS):
+        champion, generation = ctx.registry.champion_versioned()
+        verdict = judge(
+            ctx.data.y_test, ours, _champion_predictions(ctx, champion), ctx.options.gate, ctx.options.force
+        )
+        if ctx.options.dry_run or not verdict.promote:
+            return _event(ctx, verdict, champion, promoted=False)
+        try:
+            pointer = publish_challenger(ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, ctx.run_id)
+        except ServingCheckError as exc:
+            record_event(
+                ctx.registry.storage, _event(ctx, verdict, champion, promoted=False, blocked=str(exc))
+            )
+            raise
+        pointer |= {"verdict": verdict.reason, "forced": verdict.forced}
+        if ctx.registry.swap_champion(chain_pointer(pointer, champion), generation):
+            return _event(ctx, verdict, champion, promoted=True, version=pointer["version"])
+        log.warning("the champion moved while %s was being promoted: re-reading and re-gating", prefix)
+    raise RegistryError(f"gave up promoting {prefix} after {MAX_ATTEMPTS} lost compare-and-swap races")
 
-    model = load_verified_model(artifacts, f"{prefix}/model.keras", training["model_sha256"])
-    (target / "model.keras").write_bytes(artifacts.read_bytes(f"{prefix}/model.keras"))
-    export_saved_model(model, target / "saved_model")
-    (target / "metrics.json").write_text(_json(metrics))
-    (target / "training.json").write_text(_json(training))
+
+def _champion_predictions(ctx: _Context, champion: dict[str, Any] | None) -> np.ndarray | None:
+    """The champion's predicted labels on this run's test set; re-evaluated if that set changed."""
+    if champion is None:
+        return None
+    ref = VersionRef(champion["model"], champion["version"])
+    if champion.get("test_hash") == ctx.data.test_hash():
+        return ctx.registry.predictions(ref)
+    log.info("test set changed since %s was measured: re-evaluating it", ref)
+    from mnist_pipeline.model_io import load_model_bytes
+
+    model = load_model_bytes(ctx.registry.verified_file(ref, "model.keras"))
+    return model.predict(ctx.data.x_test, batch_size=1024, verbose=0).argmax(axis=1)
 
 
-def _metadata(training: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _event(
+    ctx: _Context,
+    verdict: Verdict,
+    champion: dict[str, Any] | None,
+    promoted: bool,
+    version: str | None = None,
+    blocked: str | None = None,
+) -> dict[str, Any]:
     return {
-        "data_hash": training["data_hash"],
-        "params": {"model": training["model_config"], "training": training["train_config"]},
-        "seed": training["train_config"]["seed"],
-        "airflow_run_id": run_id,
-        "trained_at": training["trained_at"],
-        "device": {"replicas": training["replicas"], "devices": training["devices"]},
-        "library_versions": _library_versions(),
+        "kind": "gate",
+        "run_id": ctx.run_id,
+        "trigger": ctx.options.trigger,
+        "model": ctx.challenger["model"],
+        "version": version,
+        "metrics": {"accuracy": ctx.challenger["accuracy"], "loss": ctx.challenger["loss"]},
+        "verdict": verdict.to_dict() | ({"blocked": blocked} if blocked else {}),
+        "promoted": promoted,
+        "forced": verdict.forced and promoted,
+        "dry_run": ctx.options.dry_run,
+        "previous_champion": brief(champion),
     }
 
 
-def _library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
+def _summary(event: dict[str, Any], noop: bool = False) -> dict[str, Any]:
+    """What the task returns through XCom: the decision and its figures, nothing bulky."""
+    keys = ("promoted", "model", "version", "forced", "dry_run", "metrics", "verdict", "previous_champion")
+    return {key: event.get(key) for key in keys} | {"noop": noop}
 
 
-def _json(payload: Any) -> str:
-    return json.dumps(payload, indent=2, sort_keys=True)
+def _ranked(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(evaluations, key=lambda e: -e["accuracy"])
+
+
+def _npy(storage: Storage, key: str) -> io.BytesIO:
+    return io.BytesIO(storage.read_bytes(key))

@@ -10,20 +10,26 @@ incomplete and never listed, so readers never see a half-published version.
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mnist_pipeline.errors import RegistryError, StorageError
 from mnist_pipeline.sources import sha256_hex
 from mnist_pipeline.storage import Storage
 
-__all__ = ["ModelRegistry", "VersionRef", "validate_name"]
+__all__ = ["ModelRegistry", "VersionRef", "brief", "chain_pointer", "parse_ref", "validate_name"]
 
 ROOT = "mnist"
 CHAMPION_KEY = f"{ROOT}/champion.json"
 METADATA_FILE = "metadata.json"
+PREDICTIONS_FILE = "predictions.npy"
+POINTER_HISTORY_DEPTH = 10  # how many earlier champions a pointer remembers, for rollback
 # Names become object paths: letters, digits, '.', '_', '-' only, and never '..'.
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -94,15 +100,27 @@ class ModelRegistry:
         return sorted(refs, key=lambda ref: (ref.model, ref.version))
 
     def champion(self) -> dict[str, Any] | None:
-        if not self.storage.exists(CHAMPION_KEY):
-            return None
-        return self.storage.read_json(CHAMPION_KEY)
+        return self.champion_versioned()[0]
 
-    def set_champion(self, pointer: dict[str, Any]) -> None:
+    def champion_versioned(self) -> tuple[dict[str, Any] | None, str]:
+        """The champion pointer and its generation, for a later `swap_champion`."""
+        data, generation = self.storage.read_versioned(CHAMPION_KEY)
+        return (json.loads(data) if data is not None else None), generation
+
+    def swap_champion(self, pointer: dict[str, Any], generation: str) -> bool:
+        """Point at a completely published version, only if the pointer is still at `generation`.
+
+        Returns False when another promotion moved the pointer first: re-read, re-decide.
+        """
         ref = VersionRef(pointer["model"], pointer["version"])
         if not self.is_published(ref):
             raise RegistryError(f"cannot make {ref} champion: it is not completely published")
-        self.storage.write_json(CHAMPION_KEY, pointer)
+        payload = json.dumps(pointer, indent=2, sort_keys=True).encode()
+        return self.storage.write_if_generation(CHAMPION_KEY, payload, generation)
+
+    def predictions(self, ref: VersionRef) -> np.ndarray:
+        """The version's predicted labels on the test set it was evaluated on (sha256-verified)."""
+        return np.load(io.BytesIO(self.verified_file(ref, PREDICTIONS_FILE)), allow_pickle=False)
 
     def verified_file(self, ref: VersionRef, name: str) -> bytes:
         """A version's file, refused unless its bytes match the sha256 recorded at publication."""
@@ -113,3 +131,32 @@ class ModelRegistry:
         if sha256_hex(data) != expected:
             raise RegistryError(f"version {ref}: {name} does not match its recorded sha256; refusing it")
         return data
+
+
+def parse_ref(text: str) -> VersionRef:
+    """`MODEL/VERSION` -> VersionRef, with the names validated."""
+    model, slash, version = text.partition("/")
+    if not slash:
+        raise RegistryError(f"{text!r} is not MODEL/VERSION")
+    return VersionRef(model, version)
+
+
+def chain_pointer(pointer: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """`pointer` remembering `previous` (and its predecessors, up to a fixed depth) for rollback."""
+    if previous is None:
+        return pointer
+    trimmed = node = dict(previous)
+    for _ in range(POINTER_HISTORY_DEPTH - 1):
+        if not isinstance(node.get("previous"), dict):
+            break
+        node["previous"] = dict(node["previous"])
+        node = node["previous"]
+    node.pop("previous", None)
+    return {**pointer, "previous": trimmed}
+
+
+def brief(pointer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A pointer's identity and figures, without its chain of predecessors (for history events)."""
+    if pointer is None:
+        return None
+    return {"model": pointer["model"], "version": pointer["version"], "metrics": pointer.get("metrics")}

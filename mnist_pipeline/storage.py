@@ -7,11 +7,15 @@ google-cloud-storage, which talks to an emulator when `STORAGE_EMULATOR_HOST` is
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,17 @@ class Storage(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes | None, str]:
+        """The object's bytes (None when absent) and an opaque generation token ("0" when absent)."""
+
+    @abstractmethod
+    def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
+        """Compare-and-swap: write only if the object is still at `generation` ("0": still absent).
+
+        Returns False, writing nothing, when another writer got there first.
+        """
 
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
@@ -126,6 +141,39 @@ class LocalStorage(Storage):
         else:
             path.unlink(missing_ok=True)
 
+    def read_versioned(self, key: str) -> tuple[bytes | None, str]:
+        path = self._path(key)
+        with self._locked(path):
+            return self._read_with_token(path)
+
+    def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
+        # The lock makes check-then-rename atomic between processes; the rename makes it atomic
+        # for readers, who never take the lock.
+        path = self._path(key)
+        with self._locked(path):
+            if self._read_with_token(path)[1] != generation:
+                return False
+            self.write_bytes(key, data)
+            return True
+
+    @staticmethod
+    def _read_with_token(path: Path) -> tuple[bytes | None, str]:
+        if not path.is_file():
+            return None, "0"
+        data = path.read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
+
+    @staticmethod
+    @contextmanager
+    def _locked(path: Path) -> Iterator[None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 class GcsStorage(Storage):
     def __init__(self, uri: str) -> None:
@@ -172,6 +220,25 @@ class GcsStorage(Storage):
     def delete(self, key: str) -> None:
         for name in self.list_keys(key):
             self.bucket.blob(self._name(name)).delete()
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str]:
+        from google.api_core import exceptions
+
+        blob = self.bucket.blob(self._name(key))
+        try:
+            data = blob.download_as_bytes()  # fills blob.generation from the same response
+        except exceptions.NotFound:
+            return None, "0"
+        return data, str(blob.generation)
+
+    def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
+        from google.api_core import exceptions
+
+        try:
+            self.bucket.blob(self._name(key)).upload_from_string(data, if_generation_match=int(generation))
+        except exceptions.PreconditionFailed:
+            return False
+        return True
 
 
 def _gcs_client(gcs):

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.errors import StorageError
+from mnist_pipeline.errors import RegistryError, StorageError
+from mnist_pipeline.history import list_events
 from mnist_pipeline.models import MODEL_NAMES
 from mnist_pipeline.pipeline import run_key
-from mnist_pipeline.registry import ModelRegistry
+from mnist_pipeline.registry import ModelRegistry, VersionRef
 from mnist_pipeline.storage import Storage, open_storage
 
-__all__ = ["latest_promotion", "render_summary", "run_evaluations"]
+__all__ = [
+    "latest_promotion",
+    "render_history",
+    "render_summary",
+    "render_versions",
+    "run_evaluations",
+    "version_details",
+]
 
 
 def run_evaluations(artifacts: Storage, run_id: str) -> list[dict[str, Any]]:
@@ -26,7 +34,7 @@ def latest_promotion(artifacts: Storage) -> dict[str, Any]:
     ]
     if not decisions:
         raise StorageError(f"no finished run under {artifacts.uri('runs/')}")
-    return max(decisions, key=lambda decision: decision["decided_at"])
+    return max(decisions, key=lambda decision: decision["time"])
 
 
 def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
@@ -41,7 +49,7 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
             f" {row['epochs_run']:>6} {row['train_seconds']:>8.1f}"
         )
     verdict = "promoted" if decision["promoted"] else "not promoted"
-    lines.append(f"challenger {decision['model']}: {verdict} ({decision['reason']})")
+    lines.append(f"challenger {decision['model']}: {verdict} ({decision['verdict']['reason']})")
     champion = ModelRegistry(open_storage(settings.registry_uri)).champion()
     if champion:
         lines.append(
@@ -49,3 +57,36 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
             f" accuracy {champion['metrics']['accuracy']:.4f} at {champion['uri']}"
         )
     return "\n".join(lines)
+
+
+def render_versions(registry: ModelRegistry) -> str:
+    champion = registry.champion() or {}
+    lines = [f"  {'model/version':<36} {'accuracy':>8}  trained at"]
+    for ref in registry.versions():
+        metadata = registry.metadata(ref)
+        accuracy = (metadata.get("metrics") or {}).get("accuracy")
+        mark = "*" if (champion.get("model"), champion.get("version")) == (ref.model, ref.version) else " "
+        shown = f"{accuracy:.4f}" if accuracy is not None else "?"
+        lines.append(f"{mark} {ref!s:<36} {shown:>8}  {metadata.get('trained_at', '?')}")
+    return "\n".join(lines) if len(lines) > 1 else "no published versions"
+
+
+def version_details(registry: ModelRegistry, ref: VersionRef | None) -> dict[str, Any]:
+    if ref is None:
+        champion = registry.champion()
+        if champion is None:
+            raise RegistryError("the registry has no champion yet; name a MODEL/VERSION")
+        ref = VersionRef(champion["model"], champion["version"])
+    champion = registry.champion() or {}
+    is_champion = (champion.get("model"), champion.get("version")) == (ref.model, ref.version)
+    return registry.metadata(ref) | {"uri": registry.uri(ref), "champion": is_champion}
+
+
+def render_history(registry: ModelRegistry) -> str:
+    lines = []
+    for event in list_events(registry.storage):
+        verdict = "PROMOTED" if event.get("promoted") else "kept"
+        target = f"{event.get('model')}/{event.get('version') or '-'}"
+        reason = (event.get("verdict") or {}).get("reason", "")
+        lines.append(f"{event['time'][:19]}  {event['kind']:<16} {verdict:<8} {target:<36} {reason}")
+    return "\n".join(lines) or "no history yet"

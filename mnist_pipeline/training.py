@@ -7,6 +7,7 @@ and datasets are batched with the global batch (per-replica batch x replicas in 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,10 +79,11 @@ def train_model(
     keras.utils.set_random_seed(train_config.seed)
     strategy = make_strategy()
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
     with strategy.scope():
         model = get_model_spec(name).builder(model_config)
         model.compile(
-            optimizer=keras.optimizers.Adam(model_config.learning_rate),
+            optimizer=keras.optimizers.Adam(_schedule(model_config, steps_per_epoch)),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
@@ -103,6 +105,24 @@ def train_model(
         global_batch_size=global_batch,
         replicas=strategy.num_replicas_in_sync,
         devices=list(strategy.extended.worker_devices),
+    )
+
+
+def _schedule(config: ModelConfig, steps_per_epoch: int) -> Any:
+    """Half an epoch of linear warm-up, then cosine decay to zero over the planned epochs.
+
+    Warm-up keeps Adam's first, badly scaled steps small; the decay settles the weights at the
+    end instead of letting them jitter at a constant rate (worth a few tenths of a point).
+    """
+    import keras
+
+    warmup = max(1, steps_per_epoch // 2)
+    total = max(warmup + 1, steps_per_epoch * config.epochs)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10,
+        decay_steps=total - warmup,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
     )
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -54,8 +55,15 @@ def gcs_server():
 
     server = FakeGCSServer()
     server.start()
+    # The wrapper pipes the server's log to us; unread, the pipe fills and the server blocks.
+    threading.Thread(target=_drain, args=(server._process.stderr,), daemon=True).start()
     yield server
     server.stop()
+
+
+def _drain(stream) -> None:
+    for _ in iter(stream.readline, b""):
+        pass
 
 
 @pytest.fixture

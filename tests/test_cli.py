@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return os.environ | {
         "MNIST_REGISTRY_URI": str(tmp_path / "registry"),
         "MNIST_ARTIFACTS_URI": str(tmp_path / "artifacts"),
-        "MNIST_MAX_TRAIN_IMAGES": "2000",
+        "MNIST_MAX_TRAIN_IMAGES": "5000",
     }
 
 
@@ -30,12 +31,33 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_the_steps_chain_into_a_promotion(env: dict[str, str]) -> None:
-    for step in (["ingest"], ["train", "linear", "--epochs", "1"], ["evaluate", "linear"], ["promote"]):
+    for step in (["ingest"], ["train", "dnn", "--epochs", "2"], ["evaluate", "dnn"], ["promote"]):
         result = cli(env, *step)
         assert result.returncode == 0, result.stderr
     summary = cli(env, "summary")
-    assert "linear" in summary.stdout and "champion linear/" in summary.stdout
-    assert ModelRegistry(open_storage(env["MNIST_REGISTRY_URI"])).champion()["model"] == "linear"
+    assert "dnn" in summary.stdout and "champion dnn/" in summary.stdout
+    champion = ModelRegistry(open_storage(env["MNIST_REGISTRY_URI"])).champion()
+    assert champion["model"] == "dnn"
+
+    listing = cli(env, "registry", "list").stdout
+    assert f"* dnn/{champion['version']}" in listing
+    assert "PROMOTED" in cli(env, "registry", "history").stdout
+    shown = json.loads(cli(env, "registry", "show").stdout)
+    assert shown["champion"] is True and shown["version"] == champion["version"]
+    again = json.loads(
+        cli(env, "registry", "promote", f"dnn/{champion['version']}", "--reason", "pin").stdout
+    )
+    assert again["kind"] == "manual-promotion" and again["trigger"].startswith("cli:")
+    assert json.loads(cli(env, "registry", "rollback").stdout)["kind"] == "rollback"
+
+
+def test_registry_commands_name_unknown_versions(env: dict[str, str]) -> None:
+    result = cli(env, "registry", "show", "cnn/20990101T000000Z-deadbeef")
+    assert result.returncode == 2 and "unknown version cnn/20990101T000000Z-deadbeef" in result.stderr
+    result = cli(env, "registry", "promote", "../x/v1", "--reason", "r")
+    assert result.returncode == 2 and "is not allowed" in result.stderr
+    result = cli(env, "registry", "rollback")
+    assert result.returncode == 2 and "no previous champion" in result.stderr
 
 
 def test_an_unknown_model_is_refused_with_the_valid_names(env: dict[str, str]) -> None:

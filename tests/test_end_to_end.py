@@ -59,7 +59,7 @@ def assert_promoted(registry: ModelRegistry, model: str) -> dict:
 def test_a_small_run_trains_every_model_and_promotes_the_best(
     dag, gcs_locations: dict[str, str], mnist: MnistData
 ) -> None:
-    run_dag(dag, epochs=1, max_train_images=3000)
+    run_dag(dag, epochs=2, max_train_images=10000)
 
     decision = latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
     assert {row["model"] for row in decision["candidates"]} == {"linear", "dnn", "cnn"}
@@ -83,11 +83,12 @@ def test_a_small_run_trains_every_model_and_promotes_the_best(
 
 def test_a_weaker_run_with_one_model_selected_is_not_promoted(dag, gcs_locations: dict[str, str]) -> None:
     registry = ModelRegistry(open_storage(gcs_locations["MNIST_REGISTRY_URI"]))
-    run_dag(dag, epochs=2, max_train_images=3000, models=["dnn"])
+    run_dag(dag, epochs=2, max_train_images=10000, models=["dnn"])
     champion = assert_promoted(registry, "dnn")
 
     run_dag(dag, epochs=1, max_train_images=500, models=["linear"])
     decision = latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
     assert [row["model"] for row in decision["candidates"]] == ["linear"]  # the others were skipped
-    assert decision["promoted"] is False and "does not beat champion" in decision["reason"]
+    assert decision["promoted"] is False and "not better by the margin" in decision["verdict"]["reason"]
+    assert decision["trigger"] == "manual" and decision["previous_champion"]["model"] == "dnn"
     assert registry.champion() == champion

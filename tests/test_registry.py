@@ -45,7 +45,7 @@ def test_an_incomplete_version_is_not_listed_nor_promotable(storage_uri: str) ->
     registry = ModelRegistry(storage)
     assert registry.versions() == []
     with pytest.raises(RegistryError, match="not completely published"):
-        registry.set_champion({"model": "cnn", "version": "half"})
+        registry.swap_champion({"model": "cnn", "version": "half"}, "0")
     assert registry.champion() is None
 
 
@@ -72,7 +72,7 @@ def test_names_that_could_become_other_paths_are_refused(name: str) -> None:
 
 def test_the_best_accuracy_is_the_challenger() -> None:
     evaluations = [
-        {"model": m, "run_id": "r", "accuracy": a, "loss": loss, "model_sha256": "x"}
+        {"model": m, "run_id": "r", "accuracy": a, "loss": loss, "model_sha256": "x", "data_hash": "d"}
         for m, a, loss in [("linear", 0.92, 0.3), ("cnn", 0.99, 0.03), ("dnn", 0.99, 0.05)]
     ]
     assert pick_challenger(evaluations)["model"] == "cnn"

@@ -62,3 +62,15 @@ def test_splits_gs_uris() -> None:
     assert split_gs_uri("gs://bucket") == ("bucket", "")
     with pytest.raises(StorageError, match="names no bucket"):
         split_gs_uri("gs:///a")
+
+
+def test_compare_and_swap_lets_only_the_first_writer_in(storage_uri: str) -> None:
+    store = open_storage(storage_uri)
+    assert store.read_versioned("pointer.json") == (None, "0")
+    assert store.write_if_generation("pointer.json", b"first", "0")
+    assert not store.write_if_generation("pointer.json", b"second", "0")  # it exists now
+    data, generation = store.read_versioned("pointer.json")
+    assert data == b"first"
+    assert store.write_if_generation("pointer.json", b"third", generation)
+    assert not store.write_if_generation("pointer.json", b"stale", generation)
+    assert store.read_bytes("pointer.json") == b"third"

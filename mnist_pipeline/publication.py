@@ -1,0 +1,96 @@
+"""Publishing a challenger as a registry version: stage, serving-check, upload, commit.
+
+A version is named by its training time and model hash, so publishing the same model twice (a
+retried task, a re-gated race) finds it already there and uploads nothing.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from mnist_pipeline.data import MnistData
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.model_io import load_model_bytes
+from mnist_pipeline.pipeline import run_key, utc_now
+from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.serving import PROBE_IMAGES, check_serving
+from mnist_pipeline.sources import sha256_hex
+from mnist_pipeline.storage import Storage
+
+__all__ = ["publish_challenger", "version_name"]
+
+_LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "google-cloud-storage", "apache-airflow")
+_RUN_FILES = ("model.keras", "metrics.json", "training.json", "predictions.npy")
+
+
+def version_name(training: dict[str, Any]) -> str:
+    """Sortable by time, unique by content: `20261127T224100Z-<sha256[:8]>`."""
+    stamp = training["trained_at"].replace("-", "").replace(":", "")
+    return f"{stamp}-{training['model_sha256'][:8]}"
+
+
+def publish_challenger(
+    registry: ModelRegistry, artifacts: Storage, challenger: dict[str, Any], data: MnistData, run_id: str
+) -> dict[str, Any]:
+    """Publish the challenger's version (if not yet there); return the champion pointer for it."""
+    prefix = f"{run_key(challenger['run_id'])}/{challenger['model']}"
+    training = artifacts.read_json(f"{prefix}/training.json")
+    ref = VersionRef(challenger["model"], version_name(training))
+    if not registry.is_published(ref):
+        with tempfile.TemporaryDirectory(prefix="mnist-version-") as tmp:
+            _stage(Path(tmp), artifacts, prefix, training)
+            _check_staged_serving(Path(tmp), data)
+            metrics = {key: challenger[key] for key in ("accuracy", "loss", "test_hash")}
+            registry.publish(ref, Path(tmp), _metadata(training, run_id) | {"metrics": metrics})
+    return {
+        "model": ref.model,
+        "version": ref.version,
+        "uri": registry.uri(ref),
+        "metrics": {"accuracy": challenger["accuracy"], "loss": challenger["loss"]},
+        "test_hash": challenger["test_hash"],
+        "data_hash": challenger["data_hash"],
+        "promoted_at": utc_now(),
+        "run_id": run_id,
+    }
+
+
+def _stage(target: Path, artifacts: Storage, prefix: str, training: dict[str, Any]) -> None:
+    for name in _RUN_FILES:
+        (target / name).write_bytes(artifacts.read_bytes(f"{prefix}/{name}"))
+    if sha256_hex((target / "model.keras").read_bytes()) != training["model_sha256"]:
+        uri = artifacts.uri(f"{prefix}/model.keras")
+        raise RegistryError(f"{uri} does not match its recorded sha256; refusing to publish it")
+    artifacts.download_prefix(f"{prefix}/saved_model", target / "saved_model")
+
+
+def _check_staged_serving(staged: Path, data: MnistData) -> None:
+    """The exported SavedModel must serve what the Keras model predicts, in a clean process."""
+    model = load_model_bytes((staged / "model.keras").read_bytes())
+    probe = data.x_test[:PROBE_IMAGES]
+    check_serving(staged / "saved_model", probe, model.predict(probe, verbose=0))
+
+
+def _metadata(training: dict[str, Any], run_id: str) -> dict[str, Any]:
+    return {
+        "data_hash": training["data_hash"],
+        "params": {"model": training["model_config"], "training": training["train_config"]},
+        "seed": training["train_config"]["seed"],
+        "airflow_run_id": run_id,
+        "trained_at": training["trained_at"],
+        "device": {"replicas": training["replicas"], "devices": training["devices"]},
+        "library_versions": _library_versions(),
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions

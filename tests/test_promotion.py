@@ -1,0 +1,213 @@
+"""Promotion you can trust: the gate, the serving check, compare-and-swap, history, rollback.
+
+Real models trained on small slices of real MNIST; registries on a local folder and on GCS.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.gate import GateConfig, judge, mcnemar_exact
+from mnist_pipeline.history import list_events
+from mnist_pipeline.operations import promote_version, rollback
+from mnist_pipeline.pipeline import evaluate, ingest, run_key, train
+from mnist_pipeline.promotion import PromotionOptions, promote
+from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.serving import ServingCheckError
+from mnist_pipeline.storage import open_storage
+
+pytestmark = pytest.mark.slow
+
+# run id -> (model, training images, epochs): a good DNN, a second good DNN, a weak linear model.
+RUNS = {"run-good": ("dnn", 6000, 2), "run-other": ("dnn", 5000, 2), "run-weak": ("linear", 500, 1)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
+    artifacts = str(tmp_path_factory.mktemp("artifacts"))
+    evaluations = {}
+    for run_id, (model, images, epochs) in RUNS.items():
+        settings = PipelineSettings(source=str(mnist_npz), artifacts_uri=artifacts, max_train_images=images)
+        snapshot = ingest(settings, run_id)
+        training = train(model, snapshot, TrainConfig(epochs=epochs), settings, run_id)
+        evaluations[run_id] = evaluate(training, settings)
+    return {"artifacts": artifacts, "evaluations": evaluations}
+
+
+@pytest.fixture
+def settings(trained: dict[str, Any], storage_uri: str) -> PipelineSettings:
+    return PipelineSettings(artifacts_uri=trained["artifacts"], registry_uri=storage_uri)
+
+
+@pytest.fixture
+def registry(settings: PipelineSettings) -> ModelRegistry:
+    return ModelRegistry(open_storage(settings.registry_uri))
+
+
+def run_promotion(trained: dict, settings: PipelineSettings, run_id: str, **options: Any) -> dict:
+    return promote([trained["evaluations"][run_id]], settings, run_id, PromotionOptions(**options))
+
+
+def assert_promoted(registry: ModelRegistry, outcome: dict, run_id: str) -> None:
+    champion = registry.champion()
+    assert outcome["promoted"] is True
+    assert champion is not None and champion["run_id"] == run_id
+    assert (champion["model"], champion["version"]) == (outcome["model"], outcome["version"])
+    assert VersionRef(champion["model"], champion["version"]) in registry.versions()
+
+
+def assert_not_promoted(registry: ModelRegistry, outcome: dict, champion_before: dict | None) -> None:
+    assert outcome["promoted"] is False
+    assert registry.champion() == champion_before
+
+
+def test_first_run_promotes_when_it_passes_the_floor(trained, settings, registry) -> None:
+    outcome = run_promotion(trained, settings, "run-good")
+    assert_promoted(registry, outcome, "run-good")
+    assert "no champion yet" in outcome["verdict"]["reason"] and outcome["previous_champion"] is None
+    (event,) = list_events(registry.storage)
+    assert event["promoted"] and event["run_id"] == "run-good" and event["kind"] == "gate"
+
+
+def test_a_first_model_below_the_floor_is_not_promoted(trained, settings, registry) -> None:
+    outcome = run_promotion(trained, settings, "run-weak", gate=GateConfig(floor=0.99))
+    assert_not_promoted(registry, outcome, None)
+    assert "below the floor" in outcome["verdict"]["reason"]
+
+
+def test_a_worse_challenger_is_not_promoted(trained, settings, registry) -> None:
+    run_promotion(trained, settings, "run-good")
+    champion = registry.champion()
+    outcome = run_promotion(trained, settings, "run-weak")
+    assert_not_promoted(registry, outcome, champion)
+    verdict = outcome["verdict"]
+    assert "not better by the margin" in verdict["reason"]
+    assert verdict["b"] > verdict["c"] and verdict["champion_accuracy"] > verdict["challenger_accuracy"]
+    assert [event["promoted"] for event in list_events(registry.storage)] == [True, False]
+
+
+def test_a_forced_promotion_happens_and_says_so(trained, settings, registry) -> None:
+    run_promotion(trained, settings, "run-good")
+    outcome = run_promotion(trained, settings, "run-weak", force=True)
+    assert_promoted(registry, outcome, "run-weak")
+    assert outcome["forced"] is True and outcome["verdict"]["reason"].startswith("forced (gate said:")
+    assert list_events(registry.storage)[-1]["forced"] is True
+
+
+def test_a_dry_run_decides_but_writes_nothing(trained, settings, registry) -> None:
+    outcome = run_promotion(trained, settings, "run-good", dry_run=True)
+    assert outcome["promoted"] is False and outcome["dry_run"] is True
+    assert "no champion yet" in outcome["verdict"]["reason"]
+    assert registry.storage.list_keys("mnist/") == []
+
+
+def test_rerunning_the_same_task_is_a_no_op(trained, settings, registry) -> None:
+    first = run_promotion(trained, settings, "run-good")
+    keys = registry.storage.list_keys("mnist/")
+    again = run_promotion(trained, settings, "run-good")
+    assert again["noop"] is True and again["version"] == first["version"]
+    assert registry.storage.list_keys("mnist/") == keys  # nothing new, not even a history event
+
+
+def test_a_failed_serving_check_blocks_promotion(trained, settings, registry, tmp_path: Path) -> None:
+    from mnist_pipeline.model_io import export_saved_model
+    from mnist_pipeline.models import build_model
+
+    artifacts = open_storage(settings.artifacts_uri)
+    prefix = f"{run_key('run-good')}/dnn/saved_model"
+    original = artifacts.download_prefix(prefix, tmp_path / "original")
+    try:  # an export that does not match the evaluated model: untrained weights
+        artifacts.delete(prefix)
+        artifacts.upload_dir(export_saved_model(build_model("dnn"), tmp_path / "wrong"), prefix)
+        with pytest.raises(ServingCheckError, match="served probabilities differ"):
+            run_promotion(trained, settings, "run-good")
+    finally:
+        artifacts.delete(prefix)
+        artifacts.upload_dir(original, prefix)
+    assert registry.champion() is None and registry.versions() == []
+    (event,) = list_events(registry.storage)
+    assert event["promoted"] is False and "serving check" in event["verdict"]["blocked"]
+
+
+def test_two_concurrent_promotions_leave_one_champion_and_two_events(trained, settings, registry) -> None:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(
+            pool.map(lambda run: run_promotion(trained, settings, run), ["run-good", "run-other"])
+        )
+    events = list_events(registry.storage)
+    assert sorted(event["run_id"] for event in events) == ["run-good", "run-other"]
+    champion = registry.champion()
+    promoted = [outcome for outcome in outcomes if outcome["promoted"]]
+    assert promoted and (champion["model"], champion["version"]) in {
+        (o["model"], o["version"]) for o in promoted
+    }
+    if len(promoted) == 2:  # the later one re-gated against the earlier and won: it remembers it
+        assert champion["previous"]["run_id"] != champion["run_id"]
+
+
+def test_rollback_restores_the_previous_pointer(trained, settings, registry) -> None:
+    run_promotion(trained, settings, "run-good")
+    first = registry.champion()
+    run_promotion(trained, settings, "run-weak", force=True)
+    event = rollback(registry, who="test")
+    restored = registry.champion()
+    assert (restored["model"], restored["version"], restored["run_id"]) == (
+        first["model"],
+        first["version"],
+        first["run_id"],
+    )
+    assert event["kind"] == "rollback" and event["previous_champion"]["version"] != first["version"]
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(registry, who="test")
+
+
+def test_a_manual_promotion_needs_a_known_untampered_version(trained, settings, registry) -> None:
+    outcome = run_promotion(trained, settings, "run-good")
+    ref = VersionRef(outcome["model"], outcome["version"])
+    with pytest.raises(RegistryError, match="unknown version dnn/nope"):
+        promote_version(registry, VersionRef("dnn", "nope"), "because", who="test")
+    registry.storage.write_bytes(f"{ref.prefix}/model.keras", b"tampered")
+    with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+        promote_version(registry, ref, "because", who="test")
+
+
+def test_tampered_run_artifacts_are_refused_before_publication(trained, settings, registry) -> None:
+    artifacts = open_storage(settings.artifacts_uri)
+    key = f"{run_key('run-other')}/dnn/model.keras"
+    original = artifacts.read_bytes(key)
+    artifacts.write_bytes(key, original[:-10] + b"0123456789")
+    try:
+        with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+            run_promotion(trained, settings, "run-other")
+    finally:
+        artifacts.write_bytes(key, original)
+    assert registry.versions() == [] and registry.champion() is None
+
+
+def test_the_gate_wants_a_margin_and_significance() -> None:
+    labels = np.zeros(10_000, dtype=np.uint8)
+    champion = labels.copy()
+    champion[:100] = 1  # wrong on 100 images
+    slightly_better = champion.copy()
+    slightly_better[:25] = 0  # fixes 25...
+    slightly_better[200:214] = 1  # ...breaks 14: +0.11 points, p ~ 0.11
+    verdict = judge(labels, slightly_better, champion, GateConfig())
+    assert not verdict.promote and "not significant" in verdict.reason and (verdict.b, verdict.c) == (14, 25)
+    clearly_better = champion.copy()
+    clearly_better[:60] = 0  # fixes 60, breaks none
+    assert judge(labels, clearly_better, champion, GateConfig()).promote
+    assert not judge(labels, clearly_better, champion, GateConfig(margin=0.01)).promote  # +0.6 < 1 point
+
+
+def test_mcnemar_matches_the_binomial_tail() -> None:
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(10, 20) == pytest.approx(0.098737, abs=1e-6)
+    assert mcnemar_exact(14, 25) == mcnemar_exact(25, 14)
