@@ -5,24 +5,64 @@ Ingests real MNIST, trains every registered Keras model (linear softmax regressi
 dropout, a CNN with conv/pool blocks) under `tf.distribute.MirroredStrategy`, evaluates each on the
 fixed 10k test set and promotes the best to the model registry when it beats the current champion.
 
-One TaskGroup per model (`train` -> `evaluate`), built in a loop over the model registry.
+Runs weekly (cron `MNIST_SCHEDULE`), from the trigger form, and when `mnist_incoming` announces
+enough new labelled data. One TaskGroup per model (`train` -> `evaluate`), built in a loop over
+the model registry.
 XCom carries only URIs, hashes and metrics; the data and models live in the artifacts store
 (`MNIST_ARTIFACTS_URI`) and the registry (`MNIST_REGISTRY_URI`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task, task_group
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    TriggerRule,
+    get_current_context,
+    task,
+    task_group,
+)
 
-from mnist_pipeline.models import MODEL_NAMES
+from mnist_pipeline.incoming import NEW_DATA_ASSET_NAME
+from mnist_pipeline.models import MODEL_NAMES, MODELS
 
 # TensorFlow is never imported here: each task imports the library step it runs.
+
+SCHEDULE_CRON = os.environ.get("MNIST_SCHEDULE") or "0 3 * * 1"  # weekly, Monday 03:00 UTC
+NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
+
+
+def _model_params(name: str) -> dict[str, Param]:
+    spec = MODELS[name].config()
+    return {
+        f"{name}_epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title=f"{name}: epochs",
+            description=f"Empty: the global epochs if set, else {spec.epochs}.",
+            section="Models",
+        ),
+        f"{name}_batch_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title=f"{name}: batch size per replica",
+            description=f"Empty: the global batch size if set, else {spec.batch_size}.",
+            section="Models",
+        ),
+    }
+
 
 PARAMS = {
     "models": Param(
@@ -33,20 +73,48 @@ PARAMS = {
         minItems=1,
         title="Models",
         description="Which registered models to train; the others are skipped.",
+        section="Models",
     ),
+    **{key: param for name in MODEL_NAMES for key, param in _model_params(name).items()},
     "epochs": Param(
         None,
         type=["null", "integer"],
         minimum=1,
-        title="Epochs",
-        description="Epochs for every model; empty keeps each model's own default.",
+        title="Epochs (all models)",
+        description="Epochs for every model without its own; empty keeps each model's default.",
+        section="Training",
     ),
     "batch_size": Param(
         None,
         type=["null", "integer"],
         minimum=1,
-        title="Batch size per replica",
+        title="Batch size per replica (all models)",
         description="Empty keeps each model's default; the global batch is this times the replicas.",
+        section="Training",
+    ),
+    "learning_rate": Param(
+        None,
+        type=["null", "number"],
+        exclusiveMinimum=0,
+        maximum=1,
+        title="Peak learning rate",
+        description="Empty keeps each model's default (cosine decay after a short warm-up).",
+        section="Training",
+    ),
+    "max_train_images": Param(
+        0,
+        type="integer",
+        minimum=0,
+        title="Training images",
+        description="Train on the first N base training images only (0: all 60,000). For quick runs.",
+        section="Training",
+    ),
+    "source": Param(
+        None,
+        type=["null", "string"],
+        title="Data source",
+        description="Overrides MNIST_SOURCE: an https:// URL (with #sha256=...), a local path or gs:// URI.",
+        section="Data",
     ),
     "promotion_margin": Param(
         0.001,
@@ -56,25 +124,21 @@ PARAMS = {
         title="Promotion margin",
         description="Test accuracy the challenger must gain over the champion (0.001 = 0.1 points),"
         " on top of a significant McNemar test.",
+        section="Promotion",
     ),
     "force_promote": Param(
         False,
         type="boolean",
         title="Force promotion",
         description="Promote the run's best model even if the gate says no; recorded as forced.",
+        section="Promotion",
     ),
     "dry_run": Param(
         False,
         type="boolean",
         title="Dry run",
         description="Decide and report the verdict, but write nothing to the registry.",
-    ),
-    "max_train_images": Param(
-        0,
-        type="integer",
-        minimum=0,
-        title="Training images",
-        description="Train on the first N training images only (0: all 60,000). For quick runs.",
+        section="Promotion",
     ),
 }
 
@@ -83,14 +147,21 @@ def _settings() -> Any:
     from mnist_pipeline.config import PipelineSettings
 
     params = get_current_context()["params"]
-    return PipelineSettings.from_env().with_overrides(max_train_images=params["max_train_images"])
+    return PipelineSettings.from_env().with_overrides(
+        max_train_images=params["max_train_images"], source=params["source"]
+    )
 
 
-def _train_config() -> Any:
+def _train_config(model_name: str) -> Any:
+    """Per-model values win over the global ones, which win over the model's defaults."""
     from mnist_pipeline.config import TrainConfig
 
     params = get_current_context()["params"]
-    return TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"])
+    return TrainConfig(
+        epochs=params[f"{model_name}_epochs"] or params["epochs"],
+        batch_size=params[f"{model_name}_batch_size"] or params["batch_size"],
+        learning_rate=params["learning_rate"],
+    )
 
 
 def _run_id() -> str:
@@ -128,7 +199,7 @@ def train(model_name: str, snapshot: dict) -> dict:
     if model_name not in get_current_context()["params"]["models"]:
         raise AirflowSkipException(f"model {model_name!r} is not selected for this run")
     with _no_retry_on_bad_input():
-        return train_step(model_name, snapshot, _train_config(), _settings(), _run_id())
+        return train_step(model_name, snapshot, _train_config(model_name), _settings(), _run_id())
 
 
 @task
@@ -150,6 +221,7 @@ def _promotion_options() -> Any:
         force=params["force_promote"],
         dry_run=params["dry_run"],
         trigger=_trigger_kind(context),
+        run_conf=dict(params),
     )
 
 
@@ -175,7 +247,10 @@ def model_group(model_name: str, snapshot: dict) -> Any:
 
 with DAG(
     dag_id="mnist_training",
-    schedule="@weekly",
+    # Weekly, or as soon as enough new labelled data has been accepted (mnist_incoming).
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(SCHEDULE_CRON, timezone="UTC"), assets=[NEW_LABELLED_DATA]
+    ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

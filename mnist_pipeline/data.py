@@ -10,7 +10,7 @@ import hashlib
 import io
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from mnist_pipeline.sources import read_source_bytes
 __all__ = [
     "IDX_FILES",
     "MnistData",
+    "check_images",
+    "check_labels",
     "load_mnist",
     "parse_idx",
     "parse_npz",
@@ -30,6 +32,7 @@ __all__ = [
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+NEW_DATA_ARRAYS = ("x_new_test", "y_new_test")
 # LeCun's file names, in the order of SPLIT_ARRAYS.
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -40,15 +43,29 @@ IDX_FILES = (
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32}
 
 
+def _no_images() -> np.ndarray:
+    return np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros((0,), dtype=np.uint8)
+
+
 @dataclass(frozen=True)
 class MnistData:
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # A held-out slice of newly landed labelled data: reported apart, never mixed into the fixed
+    # 10k test set, so champions stay comparable across runs.
+    x_new_test: np.ndarray = field(default_factory=_no_images)
+    y_new_test: np.ndarray = field(default_factory=_no_labels)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in SPLIT_ARRAYS}
+        """The arrays to store; the new-data slice only when there is one (base hashes stay put)."""
+        names = SPLIT_ARRAYS + (NEW_DATA_ARRAYS if len(self.y_new_test) else ())
+        return {name: getattr(self, name) for name in names}
 
     def content_hash(self) -> str:
         """sha256 over every array's name, dtype, shape and bytes: equal data, equal hash."""
@@ -62,8 +79,7 @@ class MnistData:
         """Keep the first `max_train_images` training images (0 keeps all); the test set stays whole."""
         if not max_train_images or max_train_images >= len(self.y_train):
             return self
-        n = max_train_images
-        return MnistData(self.x_train[:n], self.y_train[:n], self.x_test, self.y_test)
+        return replace(self, x_train=self.x_train[:max_train_images], y_train=self.y_train[:max_train_images])
 
 
 def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
@@ -89,7 +105,8 @@ def parse_npz(raw: bytes, source: str) -> MnistData:
             missing = [name for name in SPLIT_ARRAYS if name not in npz.files]
             if missing:
                 raise DataError(f"data source {source!r}: npz lacks arrays {missing}")
-            return MnistData(*(npz[name] for name in SPLIT_ARRAYS))
+            extra = {name: npz[name] for name in NEW_DATA_ARRAYS if name in npz.files}
+            return MnistData(*(npz[name] for name in SPLIT_ARRAYS), **extra)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -144,15 +161,15 @@ def _load_idx_folder(source: str) -> MnistData:
 def validate_mnist(data: MnistData, source: str) -> MnistData:
     """Check shapes, dtypes, label range and counts; return the data with uint8 labels."""
     for split in ("train", "test"):
-        _check_images(getattr(data, f"x_{split}"), f"x_{split}", source)
-        _check_labels(getattr(data, f"y_{split}"), f"y_{split}", source)
+        check_images(getattr(data, f"x_{split}"), f"x_{split}", source)
+        check_labels(getattr(data, f"y_{split}"), f"y_{split}", source)
         images, labels = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if len(images) != len(labels):
             raise DataError(f"data source {source!r}: {len(images)} {split} images but {len(labels)} labels")
-    return MnistData(data.x_train, data.y_train.astype(np.uint8), data.x_test, data.y_test.astype(np.uint8))
+    return replace(data, y_train=data.y_train.astype(np.uint8), y_test=data.y_test.astype(np.uint8))
 
 
-def _check_images(images: np.ndarray, name: str, source: str) -> None:
+def check_images(images: np.ndarray, name: str, source: str) -> None:
     if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
         raise DataError(f"data source {source!r}: {name} has shape {images.shape}, expected (N, 28, 28)")
     if images.dtype != np.uint8:
@@ -161,7 +178,7 @@ def _check_images(images: np.ndarray, name: str, source: str) -> None:
         raise DataError(f"data source {source!r}: {name} is empty")
 
 
-def _check_labels(labels: np.ndarray, name: str, source: str) -> None:
+def check_labels(labels: np.ndarray, name: str, source: str) -> None:
     if labels.ndim != 1:
         raise DataError(f"data source {source!r}: {name} has shape {labels.shape}, expected (N,)")
     if not np.issubdtype(labels.dtype, np.integer):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
-from mnist_pipeline.data import load_mnist, split_validation
+from mnist_pipeline.data import split_validation
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.models import get_model_spec
 from mnist_pipeline.snapshot import read_snapshot, write_snapshot
@@ -43,10 +43,13 @@ def utc_now() -> str:
 
 
 def ingest(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
-    """Load and validate MNIST from the source; store it as a content-addressed snapshot."""
+    """Load and validate MNIST from the source, add accepted new shards, store it all as a
+    content-addressed snapshot with a manifest of its sources."""
+    from mnist_pipeline.training_set import build_training_set
+
     artifacts = open_storage(settings.artifacts_uri)
-    data = load_mnist(settings.source).head(settings.max_train_images)
-    record = {**write_snapshot(data, artifacts, settings.source).to_dict(), "run_id": run_id}
+    data, sources = build_training_set(settings, artifacts)
+    record = {**write_snapshot(data, artifacts, settings.source, sources).to_dict(), "run_id": run_id}
     artifacts.write_json(f"{run_key(run_id)}/ingest.json", record)
     log.info(
         "ingested %s: %d train / %d test images, hash %s",
@@ -83,6 +86,7 @@ def train(
         "model": model_name,
         "run_id": run_id,
         "data_hash": snapshot["data_hash"],
+        "manifest_hash": snapshot.get("manifest_hash"),
         "model_uri": artifacts.uri(f"{prefix}/model.keras"),
         "model_sha256": sha256_hex(model_bytes),
         "trained_at": utc_now(),
@@ -110,6 +114,9 @@ def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, 
     data = read_snapshot(artifacts, training["data_hash"])
     probabilities = predict_probabilities(model, data.x_test)
     metrics = metrics_from_probabilities(probabilities, data.y_test) | {"test_hash": data.test_hash()}
+    if len(data.y_new_test):  # held-out slice of newly landed data, reported apart
+        new_probabilities = predict_probabilities(model, data.x_new_test)
+        metrics["new_data"] = metrics_from_probabilities(new_probabilities, data.y_new_test)
     artifacts.write_json(f"{prefix}/metrics.json", metrics)
     artifacts.write_bytes(
         f"{prefix}/predictions.npy", npy_bytes(probabilities.argmax(axis=1).astype(np.uint8))
@@ -131,6 +138,7 @@ def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, 
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "test_hash": metrics["test_hash"],
+        "new_data_accuracy": metrics.get("new_data", {}).get("accuracy"),
         "metrics_uri": artifacts.uri(f"{prefix}/metrics.json"),
     }
     artifacts.write_json(f"{prefix}/evaluation.json", record)

@@ -42,7 +42,8 @@ class PromotionOptions:
     gate: GateConfig = field(default_factory=GateConfig)
     force: bool = False  # bypass the gate (recorded as forced)
     dry_run: bool = False  # decide and report, write nothing to the registry
-    trigger: str = "manual"  # who or what started the run: scheduled, manual, asset, cli...
+    trigger: str = "manual"  # who or what started the run: scheduled, manual, asset_triggered, cli...
+    run_conf: dict[str, Any] = field(default_factory=dict)  # the run's parameters, for lineage
 
 
 def pick_challenger(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,7 +102,10 @@ def _gate_and_swap(ctx: _Context) -> dict[str, Any]:
         if ctx.options.dry_run or not verdict.promote:
             return _event(ctx, verdict, champion, promoted=False)
         try:
-            pointer = publish_challenger(ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, ctx.run_id)
+            lineage = {"trigger": ctx.options.trigger, "conf": ctx.options.run_conf}
+            pointer = publish_challenger(
+                ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, ctx.run_id, lineage
+            )
         except ServingCheckError as exc:
             record_event(
                 ctx.registry.storage, _event(ctx, verdict, champion, promoted=False, blocked=str(exc))

@@ -34,7 +34,12 @@ def version_name(training: dict[str, Any]) -> str:
 
 
 def publish_challenger(
-    registry: ModelRegistry, artifacts: Storage, challenger: dict[str, Any], data: MnistData, run_id: str
+    registry: ModelRegistry,
+    artifacts: Storage,
+    challenger: dict[str, Any],
+    data: MnistData,
+    run_id: str,
+    lineage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish the challenger's version (if not yet there); return the champion pointer for it."""
     prefix = f"{run_key(challenger['run_id'])}/{challenger['model']}"
@@ -45,7 +50,8 @@ def publish_challenger(
             _stage(Path(tmp), artifacts, prefix, training)
             _check_staged_serving(Path(tmp), data)
             metrics = {key: challenger[key] for key in ("accuracy", "loss", "test_hash")}
-            registry.publish(ref, Path(tmp), _metadata(training, run_id) | {"metrics": metrics})
+            extra = {"metrics": metrics, "run": lineage or {}}
+            registry.publish(ref, Path(tmp), _metadata(training, run_id) | extra)
     return {
         "model": ref.model,
         "version": ref.version,
@@ -77,6 +83,7 @@ def _check_staged_serving(staged: Path, data: MnistData) -> None:
 def _metadata(training: dict[str, Any], run_id: str) -> dict[str, Any]:
     return {
         "data_hash": training["data_hash"],
+        "manifest_hash": training.get("manifest_hash"),
         "params": {"model": training["model_config"], "training": training["train_config"]},
         "seed": training["train_config"]["seed"],
         "airflow_run_id": run_id,
