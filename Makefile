@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/mnist-pipeline summary
 
 lint: $(STAMP)
-	$(BIN)/ruff check mnist_pipeline dags plugins tests
+	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks
 
 test: lint
 	$(BIN)/pytest

@@ -71,7 +71,9 @@ def train_model(
     train_data: tuple[np.ndarray, np.ndarray],
     val_data: tuple[np.ndarray, np.ndarray],
     train_config: TrainConfig | None = None,
+    extra_callbacks: list[Any] | None = None,
 ) -> TrainResult:
+    """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones."""
     import keras
 
     train_config = train_config or TrainConfig()
@@ -93,7 +95,7 @@ def train_model(
         validation_data=make_eval_dataset(*val_data, global_batch),
         epochs=model_config.epochs,
         shuffle=False,  # the dataset reshuffles itself every epoch, seeded
-        callbacks=_callbacks(train_config, model_config.epochs, len(train_data[1])),
+        callbacks=_callbacks(train_config, model_config.epochs, len(train_data[1])) + (extra_callbacks or []),
         verbose=0,
     )
     return TrainResult(
@@ -132,9 +134,13 @@ def _callbacks(train_config: TrainConfig, epochs: int, train_images: int) -> lis
     from mnist_pipeline.callbacks import EpochLogger
 
     return [
+        # Watch the validation loss (smoother than accuracy), and only in the second half: the
+        # cosine schedule makes its largest gains in the last, low-rate epochs, which an early
+        # plateau at a high rate must not cut off.
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy",
+            monitor="val_loss",
             patience=train_config.early_stopping_patience,
+            start_from_epoch=epochs // 2,
             restore_best_weights=True,
         ),
         EpochLogger(epochs, train_images),

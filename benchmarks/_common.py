@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: data, the per-epoch test-accuracy probe, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def mnist_source() -> str:
+    return os.environ.get("MNIST_SOURCE") or str(
+        Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"
+    )
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    return path
+
+
+def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> Any:
+    """A Keras callback recording test accuracy after every epoch and the training time so far.
+
+    The test evaluation itself is timed and left out of the training seconds.
+    """
+    import keras
+
+    class Probe(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict[str, float]] = []
+            self.train_seconds = 0.0
+            self.epoch_started = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch_started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.train_seconds += time.perf_counter() - self.epoch_started
+            images = x_test if to_input is None else to_input(x_test)
+            predicted = self.model.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
+            accuracy = float(np.mean(predicted == y_test))
+            self.rows.append(
+                {"epoch": epoch + 1, "test_accuracy": accuracy, "train_seconds": round(self.train_seconds, 2)}
+            )
+            print(
+                f"  epoch {epoch + 1}: test accuracy {accuracy:.4f} after {self.train_seconds:.1f}s",
+                flush=True,
+            )
+
+    return Probe()
+
+
+def seconds_to(rows: list[dict[str, float]], target: float) -> float | None:
+    """Training seconds until test accuracy first reached `target` (None: never)."""
+    return next((row["train_seconds"] for row in rows if row["test_accuracy"] >= target), None)

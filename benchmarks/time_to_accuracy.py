@@ -1,0 +1,143 @@
+"""Time to accuracy: our CNN against the Keras `mnist_convnet` reference, on the same machine.
+
+Each model trains in its own process, one after the other (alternating when repeated), on the same
+real MNIST; test accuracy is recorded after every epoch with the cumulative training seconds.
+
+    MNIST_SOURCE=../shared/data/mnist.npz .venv/bin/python benchmarks/time_to_accuracy.py [--repeats N]
+
+Prints a table (seconds to 99.0% and 99.2%, final accuracy, ratio ours/reference) and writes
+benchmarks/results/time_to_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import make_probe, mnist_source, seconds_to, write_result
+
+TARGETS = (0.990, 0.992)
+
+
+def train_reference() -> list[dict]:
+    """keras-io `mnist_convnet`: Conv32-pool-Conv64-pool-Dropout-Dense, Adam, batch 128, 15 epochs."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(42)
+    data = np.load(mnist_source())
+    to_input = lambda x: np.expand_dims(x.astype("float32") / 255, -1)  # noqa: E731
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    probe = make_probe(data["x_test"], data["y_test"], to_input)
+    y = keras.utils.to_categorical(data["y_train"], 10)
+    model.fit(
+        to_input(data["x_train"]),
+        y,
+        batch_size=128,
+        epochs=15,
+        validation_split=0.1,
+        verbose=0,
+        callbacks=[probe],
+    )
+    return probe.rows
+
+
+def train_ours() -> list[dict]:
+    """The pipeline's CNN with its defaults, through the library's own training function."""
+    from mnist_pipeline.config import TrainConfig
+    from mnist_pipeline.data import load_mnist, split_validation
+    from mnist_pipeline.training import train_model
+
+    data = load_mnist(mnist_source())
+    config = TrainConfig()
+    train, val = split_validation(data.x_train, data.y_train, config.validation_fraction, config.seed)
+    probe = make_probe(data.x_test, data.y_test)
+    train_model("cnn", train, val, config, extra_callbacks=[probe])
+    return probe.rows
+
+
+def run_worker(kind: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+        subprocess.run([sys.executable, __file__, "--worker", kind, "--out", str(out)], check=True, env=env)
+        return json.loads(out.read_text())
+
+
+def summarise(runs: dict[str, list[list[dict]]]) -> dict[str, dict]:
+    summary = {}
+    for kind, trials in runs.items():
+        best = {f"seconds_to_{t}": _median([seconds_to(rows, t) for rows in trials]) for t in TARGETS}
+        summary[kind] = best | {
+            "final_accuracy": _median([rows[-1]["test_accuracy"] for rows in trials]),
+            "total_seconds": _median([rows[-1]["train_seconds"] for rows in trials]),
+        }
+    return summary
+
+
+def _median(values: list) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    return None if len(known) < len(values) else known[len(known) // 2]
+
+
+def print_table(summary: dict[str, dict]) -> None:
+    ours, ref = summary["ours"], summary["reference"]
+    print(f"{'':<10} {'s to 99.0%':>11} {'s to 99.2%':>11} {'final acc':>10} {'total s':>8}")
+    for kind, row in summary.items():
+        cells = [_seconds(row[f"seconds_to_{t}"]) for t in TARGETS]
+        final, total = row["final_accuracy"], row["total_seconds"]
+        print(f"{kind:<10} {cells[0]:>11} {cells[1]:>11} {final:>10.4f} {total:>8.1f}")
+    if ours["seconds_to_0.99"] and ref["seconds_to_0.99"]:
+        ratio = ours["seconds_to_0.99"] / ref["seconds_to_0.99"]
+        print(f"ours/reference, time to 99.0%: {ratio:.2f} (target <= 0.5)")
+    if ours["seconds_to_0.992"]:
+        ratio = ours["seconds_to_0.992"] / ref["total_seconds"]
+        print(f"ours to 99.2% / reference's whole 15-epoch training: {ratio:.2f} (target <= 0.5)")
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "never"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        rows = train_reference() if args.worker == "reference" else train_ours()
+        Path(args.out).write_text(json.dumps(rows))
+        return
+    runs: dict[str, list] = {"reference": [], "ours": []}
+    for repeat in range(args.repeats):
+        for kind in ("reference", "ours") if repeat % 2 == 0 else ("ours", "reference"):
+            print(f"{kind}, trial {repeat + 1}:", flush=True)
+            runs[kind].append(run_worker(kind))
+    summary = summarise(runs)
+    print_table(summary)
+    print("wrote", write_result("time_to_accuracy", {"summary": summary, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
