@@ -20,7 +20,7 @@ import numpy as np
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data import split_validation
-from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.errors import ConfigError, RegistryError
 from mnist_pipeline.models import get_model_spec
 from mnist_pipeline.snapshot import read_snapshot, write_snapshot
 from mnist_pipeline.sources import sha256_hex
@@ -159,11 +159,15 @@ def _export_to(artifacts: Storage, prefix: str, model: Any) -> None:
         artifacts.upload_dir(export_saved_model(model, Path(tmp) / "saved_model"), prefix)
 
 
-def load_verified_model(storage: Storage, key: str, expected_sha256: str) -> Any:
-    from mnist_pipeline.errors import RegistryError
-    from mnist_pipeline.model_io import load_model_bytes
-
+def verified_bytes(storage: Storage, key: str, expected_sha256: str) -> bytes:
+    """The object's bytes, refused unless they match the sha256 recorded when it was written."""
     data = storage.read_bytes(key)
     if sha256_hex(data) != expected_sha256:
-        raise RegistryError(f"{storage.uri(key)} does not match its recorded sha256; refusing to load it")
-    return load_model_bytes(data)
+        raise RegistryError(f"{storage.uri(key)} does not match its recorded sha256; refusing it")
+    return data
+
+
+def load_verified_model(storage: Storage, key: str, expected_sha256: str) -> Any:
+    from mnist_pipeline.model_io import load_model_bytes
+
+    return load_model_bytes(verified_bytes(storage, key, expected_sha256))

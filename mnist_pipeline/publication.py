@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mnist_pipeline.data import MnistData
-from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.model_io import load_model_bytes
-from mnist_pipeline.pipeline import run_key, utc_now
+from mnist_pipeline.pipeline import run_key, utc_now, verified_bytes
 from mnist_pipeline.registry import ModelRegistry, VersionRef
 from mnist_pipeline.serving import PROBE_IMAGES, check_serving
-from mnist_pipeline.sources import sha256_hex
 from mnist_pipeline.storage import Storage
 
 __all__ = ["publish_challenger", "version_name"]
@@ -67,9 +65,9 @@ def publish_challenger(
 def _stage(target: Path, artifacts: Storage, prefix: str, training: dict[str, Any]) -> None:
     for name in _RUN_FILES:
         (target / name).write_bytes(artifacts.read_bytes(f"{prefix}/{name}"))
-    if sha256_hex((target / "model.keras").read_bytes()) != training["model_sha256"]:
-        uri = artifacts.uri(f"{prefix}/model.keras")
-        raise RegistryError(f"{uri} does not match its recorded sha256; refusing to publish it")
+    # What is published must be the very model that was trained and evaluated.
+    model_key = f"{prefix}/model.keras"
+    (target / "model.keras").write_bytes(verified_bytes(artifacts, model_key, training["model_sha256"]))
     artifacts.download_prefix(f"{prefix}/saved_model", target / "saved_model")
 
 
