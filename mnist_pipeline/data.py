@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mnist_pipeline.errors import DataError
-from mnist_pipeline.sources import read_source_bytes
+from mnist_pipeline.sources import read_source_bytes, sha256_hex
 
 __all__ = [
     "IDX_FILES",
@@ -25,6 +25,7 @@ __all__ = [
     "load_mnist",
     "parse_idx",
     "parse_npz",
+    "read_mnist",
     "split_validation",
     "validate_mnist",
 ]
@@ -92,11 +93,15 @@ def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
 
 def load_mnist(source: str) -> MnistData:
     """Read and validate MNIST from a `.npz` file or a folder/prefix of the four IDX files."""
+    return read_mnist(source)[0]
+
+
+def read_mnist(source: str) -> tuple[MnistData, str | None]:
+    """`load_mnist` plus the sha256 of the `.npz` file as read (None for an IDX folder)."""
     if source.split("#", 1)[0].endswith(".npz"):
-        data = parse_npz(read_source_bytes(source), source)
-    else:
-        data = _load_idx_folder(source)
-    return validate_mnist(data, source)
+        raw = read_source_bytes(source)
+        return validate_mnist(parse_npz(raw, source), source), sha256_hex(raw)
+    return validate_mnist(_load_idx_folder(source), source), None
 
 
 def parse_npz(raw: bytes, source: str) -> MnistData:

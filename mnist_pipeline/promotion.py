@@ -126,10 +126,11 @@ def _champion_predictions(ctx: _Context, champion: dict[str, Any] | None) -> np.
     if champion.get("test_hash") == ctx.data.test_hash():
         return ctx.registry.predictions(ref)
     log.info("test set changed since %s was measured: re-evaluating it", ref)
+    from mnist_pipeline.evaluation import predict_probabilities
     from mnist_pipeline.model_io import load_model_bytes
 
     model = load_model_bytes(ctx.registry.verified_file(ref, "model.keras"))
-    return model.predict(ctx.data.x_test, batch_size=1024, verbose=0).argmax(axis=1)
+    return predict_probabilities(model, ctx.data.x_test).argmax(axis=1)
 
 
 def _event(

@@ -142,9 +142,8 @@ class LocalStorage(Storage):
             path.unlink(missing_ok=True)
 
     def read_versioned(self, key: str) -> tuple[bytes | None, str]:
-        path = self._path(key)
-        with self._locked(path):
-            return self._read_with_token(path)
+        # No lock: writers replace the file by an atomic rename, so a read sees old or new whole.
+        return self._read_with_token(self._path(key))
 
     def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
         # The lock makes check-then-rename atomic between processes; the rename makes it atomic

@@ -72,12 +72,12 @@ def render_versions(registry: ModelRegistry) -> str:
 
 
 def version_details(registry: ModelRegistry, ref: VersionRef | None) -> dict[str, Any]:
+    champion = registry.champion()
     if ref is None:
-        champion = registry.champion()
         if champion is None:
             raise RegistryError("the registry has no champion yet; name a MODEL/VERSION")
         ref = VersionRef(champion["model"], champion["version"])
-    champion = registry.champion() or {}
+    champion = champion or {}
     is_champion = (champion.get("model"), champion.get("version")) == (ref.model, ref.version)
     return registry.metadata(ref) | {"uri": registry.uri(ref), "champion": is_champion}
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.data import MnistData, load_mnist
+from mnist_pipeline.data import MnistData, read_mnist
 from mnist_pipeline.errors import DataError
 from mnist_pipeline.incoming import ACCEPTED, accepted_shards, parse_shard
-from mnist_pipeline.sources import read_source_bytes, sha256_hex
+from mnist_pipeline.sources import sha256_hex
 from mnist_pipeline.storage import Storage
 
 __all__ = ["HELD_OUT_FRACTION", "build_training_set"]
@@ -28,8 +28,17 @@ def build_training_set(
     settings: PipelineSettings, artifacts: Storage
 ) -> tuple[MnistData, list[dict[str, Any]]]:
     """(data, manifest sources): base MNIST (optionally cut to `max_train_images`) + shards."""
-    base = load_mnist(settings.source).head(settings.max_train_images)
-    sources = [_base_entry(settings.source, base)]
+    full, digest = read_mnist(settings.source)
+    base = full.head(settings.max_train_images)
+    sources = [
+        {
+            "kind": "base",
+            "uri": settings.source,
+            "sha256": digest,
+            "train_images": len(base.y_train),
+            "test_images": len(base.y_test),
+        }
+    ]
     parts = []
     for shard in accepted_shards(artifacts):
         train_part, held_out = _split_shard(artifacts, shard)
@@ -52,18 +61,6 @@ def build_training_set(
         x_new_test=np.concatenate([p[1][0] for p in parts]),
         y_new_test=np.concatenate([p[1][1] for p in parts]),
     ), sources
-
-
-def _base_entry(source: str, base: MnistData) -> dict[str, Any]:
-    # Local and gs:// sources are hashed as read; https ones were verified against a known hash.
-    digest = sha256_hex(read_source_bytes(source)) if source.endswith(".npz") else None
-    return {
-        "kind": "base",
-        "uri": source,
-        "sha256": digest,
-        "train_images": len(base.y_train),
-        "test_images": len(base.y_test),
-    }
 
 
 def _split_shard(artifacts: Storage, shard: dict[str, Any]) -> tuple[tuple, tuple]:
