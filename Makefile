@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/mnist-pipeline summary
 
 lint: $(STAMP)
-	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks
+	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks scripts
 
 test: lint
 	$(BIN)/pytest

@@ -35,11 +35,22 @@ from airflow.sdk import (
 
 from mnist_pipeline.incoming import NEW_DATA_ASSET_NAME
 from mnist_pipeline.models import MODEL_NAMES, MODELS
+from mnist_pipeline.workers import train_pool, train_queue
 
 # TensorFlow is never imported here: each task imports the library step it runs.
 
 SCHEDULE_CRON = os.environ.get("MNIST_SCHEDULE") or "0 3 * * 1"  # weekly, Monday 03:00 UTC
 NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
+
+
+def _schedule() -> Any:
+    """Weekly, or as soon as enough new labelled data has been accepted (mnist_incoming).
+    `MNIST_SCHEDULE=none` keeps only the data trigger (and the form)."""
+    if SCHEDULE_CRON.lower() == "none":
+        return [NEW_LABELLED_DATA]
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(SCHEDULE_CRON, timezone="UTC"), assets=[NEW_LABELLED_DATA]
+    )
 
 
 def _model_params(name: str) -> dict[str, Param]:
@@ -241,16 +252,15 @@ def promote(evaluations: list[dict | None]) -> dict:
 
 @task_group
 def model_group(model_name: str, snapshot: dict) -> Any:
-    """Train one registered model, then evaluate it on the fixed test set."""
-    return evaluate(train(model_name, snapshot))
+    """Train one registered model (on the training queue and pool: the GPU workers), then
+    evaluate it on the fixed test set (on any worker)."""
+    training = train.override(queue=train_queue(), pool=train_pool())(model_name, snapshot)
+    return evaluate(training)
 
 
 with DAG(
     dag_id="mnist_training",
-    # Weekly, or as soon as enough new labelled data has been accepted (mnist_incoming).
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(SCHEDULE_CRON, timezone="UTC"), assets=[NEW_LABELLED_DATA]
-    ),
+    schedule=_schedule(),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -61,3 +61,48 @@ def test_parsing_the_dag_file_does_not_import_tensorflow() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def parse_in_subprocess(code: str, **env: str) -> str:
+    """Run `code` after loading the DAG file in a fresh interpreter with `env` added: the queue,
+    pool and schedule are read when the file is parsed."""
+    prelude = "import runpy, sys; dag = runpy.run_path(sys.argv[1])['dag']; "
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + code, str(REPO / "dags" / "mnist_training.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def test_training_tasks_go_to_the_configured_queue_and_pool_and_nothing_else_does() -> None:
+    code = "print(sorted({t.task_id: (t.queue, t.pool) for t in dag.tasks}.items()))"
+    routed = eval(parse_in_subprocess(code, MNIST_TRAIN_QUEUE="gpu", MNIST_TRAIN_POOL="gpu"))
+    for task_id, (queue, pool) in routed:
+        expected = ("gpu", "gpu") if task_id.endswith(".train") else ("default", "default_pool")
+        assert (queue, pool) == expected, task_id
+
+
+def test_training_runs_on_the_default_queue_when_no_queue_is_configured(dag) -> None:
+    assert {dag.get_task(f"{m}.train").queue for m in ("linear", "dnn", "cnn")} == {"default"}
+
+
+def test_an_invalid_queue_name_fails_parsing_with_a_clear_error() -> None:
+    code = "import runpy, sys; runpy.run_path(sys.argv[1])"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "dags" / "mnist_training.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MNIST_TRAIN_QUEUE": "gpu queue;rm"},
+        timeout=120,
+    )
+    assert result.returncode != 0 and "MNIST_TRAIN_QUEUE must be a plain name" in result.stderr
+
+
+def test_schedule_none_keeps_only_the_new_data_trigger() -> None:
+    code = "print(type(dag.timetable).__name__)"
+    assert parse_in_subprocess(code, MNIST_SCHEDULE="none").startswith("AssetTriggeredTimetable")
+    assert parse_in_subprocess(code, MNIST_SCHEDULE="0 3 * * 1").startswith("AssetOrTimeSchedule")

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A short check for a machine with a GPU: trains each model for a couple of epochs under
+# MirroredStrategy on real MNIST and prints replicas, device names, images/s and test accuracy.
+#
+#   MNIST_SOURCE=../shared/data/mnist.npz scripts/gpu_check.sh [epochs]
+#
+# Needs the GPU build of TensorFlow (`pip install -e '.[gpu]'`, or the `gpu` image target).
+# Exits non-zero when TensorFlow sees no GPU, so a CPU-only run is never mistaken for a GPU check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+exec "$PYTHON" - "${1:-2}" <<'PY'
+import sys
+
+import tensorflow as tf
+
+from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.data import load_mnist, split_validation
+from mnist_pipeline.evaluation import evaluate_model
+from mnist_pipeline.models import MODEL_NAMES
+from mnist_pipeline.training import train_model
+
+epochs = int(sys.argv[1])
+gpus = tf.config.list_physical_devices("GPU")
+print(f"TensorFlow {tf.__version__}, built with CUDA: {tf.test.is_built_with_cuda()}, GPUs: {len(gpus)}")
+if not gpus:
+    sys.exit("no GPU visible to TensorFlow: this is not a GPU check")
+data = load_mnist(PipelineSettings.from_env().source)
+config = TrainConfig(epochs=epochs)
+train_split, val_split = split_validation(data.x_train, data.y_train, config.validation_fraction, config.seed)
+print(f"{'model':8} {'replicas':>8} {'epochs':>6} {'images/s':>9} {'test acc':>8}  devices")
+for name in MODEL_NAMES:
+    result = train_model(name, train_split, val_split, config)
+    images_per_s = result.epochs_run * len(train_split[1]) / result.train_seconds
+    accuracy = evaluate_model(result.model, data.x_test, data.y_test)["accuracy"]
+    print(
+        f"{name:8} {result.replicas:>8} {result.epochs_run:>6} {images_per_s:>9.0f} {accuracy:>8.4f}"
+        f"  {', '.join(result.devices)}"
+    )
+PY

@@ -1,0 +1,110 @@
+"""The distributed topology, natively: PostgreSQL metadata, CeleryExecutor on Redis, a `default`
+and a `gpu` worker, fake-gcs-server as registry (`scripts/local_cluster.py`).
+
+A run is triggered through the REST API as the UI's trigger form does, and must route every
+training to the `gpu` worker and everything else to the `default` worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "local_cluster.py"
+RUN_TIMEOUT_S = 900
+# A small run that still clears the registry's 0.90 accuracy floor, so it crowns a champion.
+SMALL_RUN = {"max_train_images": 6000, "epochs": 2}
+
+
+def cluster_command(command: str, home: Path) -> subprocess.CompletedProcess:
+    # A database and broker number of its own: a developer's cluster stays untouched.
+    args = [sys.executable, str(SCRIPT), command, "--home", str(home)]
+    args += ["--database", "mnist_airflow_test", "--redis-db", "6"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("cluster")
+    started = time.monotonic()
+    result = cluster_command("up", home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((home / "cluster.json").read_text())
+    state["up_seconds"] = round(time.monotonic() - started, 1)
+    yield state
+    result = cluster_command("down", home)
+    assert result.returncode == 0 and "no process left" in result.stdout, result.stdout + result.stderr
+    assert not (home / "cluster.json").exists()
+
+
+class Api:
+    """The Airflow REST API as a client of the UI sees it: a token from /auth/token, then v2."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url
+        token = self.call("POST", "/auth/token", {"username": username, "password": password}, auth=False)
+        self.token = token["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
+        request = urllib.request.Request(self.base_url + path, method=method)
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        data = json.dumps(body).encode() if body is not None else None
+        with urllib.request.urlopen(request, data=data, timeout=30) as response:
+            return json.load(response)
+
+
+def trigger_and_wait(api: Api, conf: dict[str, Any]) -> dict[str, Any]:
+    api.call("PATCH", "/api/v2/dags/mnist_training", {"is_paused": False})
+    run = api.call("POST", "/api/v2/dags/mnist_training/dagRuns", {"logical_date": None, "conf": conf})
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while run["state"] not in ("success", "failed") and time.monotonic() < deadline:
+        time.sleep(5)
+        run = api.call("GET", f"/api/v2/dags/mnist_training/dagRuns/{run['dag_run_id']}")
+    return run
+
+
+def task_instances(api: Api, run_id: str) -> dict[str, dict[str, Any]]:
+    path = f"/api/v2/dags/mnist_training/dagRuns/{run_id}/taskInstances?limit=100"
+    return {ti["task_id"]: ti for ti in api.call("GET", path)["task_instances"]}
+
+
+def assert_ran_on(ti: dict[str, Any], queue: str) -> None:
+    """Routed to `queue` and executed by the worker listening on it (it names itself `queue@host`)."""
+    assert ti["state"] == "success", ti
+    assert ti["queue"] == queue and ti["hostname"].startswith(f"{queue}@"), (ti["task_id"], ti["hostname"])
+
+
+def test_a_run_triggered_through_the_rest_api_trains_on_the_gpu_worker(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_pipeline.registry import ModelRegistry
+    from mnist_pipeline.storage import open_storage
+
+    api = Api(cluster["api_url"], cluster["username"], cluster["password"])
+    started = time.monotonic()
+    run = trigger_and_wait(api, SMALL_RUN)
+    assert run["state"] == "success", run
+    instances = task_instances(api, run["dag_run_id"])
+    trainings = {task_id for task_id in instances if task_id.endswith(".train")}
+    assert trainings == {"linear.train", "dnn.train", "cnn.train"}
+    for task_id, ti in sorted(instances.items()):
+        assert_ran_on(ti, "gpu" if task_id in trainings else "default")
+        print(f"{task_id:16} queue={ti['queue']:8} pool={ti['pool']:12} host={ti['hostname']}")
+    assert {instances[task_id]["pool"] for task_id in trainings} == {"gpu"}
+    print(f"cluster up in {cluster['up_seconds']} s; run took {time.monotonic() - started:.0f} s")
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{cluster['gcs_port']}")
+    champion = ModelRegistry(open_storage(cluster["registry"])).champion()
+    assert champion is not None and champion["run_id"] == run["dag_run_id"]
