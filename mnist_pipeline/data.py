@@ -177,6 +177,7 @@ def validate_mnist(data: MnistData, source: str) -> MnistData:
 def check_images(images: np.ndarray, name: str, source: str) -> None:
     if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
         raise DataError(f"data source {source!r}: {name} has shape {images.shape}, expected (N, 28, 28)")
+    _refuse_nan(images, name, source)
     if images.dtype != np.uint8:
         raise DataError(f"data source {source!r}: {name} has dtype {images.dtype}, expected uint8")
     if len(images) == 0:
@@ -186,6 +187,7 @@ def check_images(images: np.ndarray, name: str, source: str) -> None:
 def check_labels(labels: np.ndarray, name: str, source: str) -> None:
     if labels.ndim != 1:
         raise DataError(f"data source {source!r}: {name} has shape {labels.shape}, expected (N,)")
+    _refuse_nan(labels, name, source)
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"data source {source!r}: {name} has dtype {labels.dtype}, expected integers")
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
@@ -194,6 +196,13 @@ def check_labels(labels: np.ndarray, name: str, source: str) -> None:
             f"data source {source!r}: {name} holds label {int(bad[0])}; labels must be 0-9"
             f" ({len(bad)} out of range)"
         )
+
+
+def _refuse_nan(array: np.ndarray, name: str, source: str) -> None:
+    # Named apart from the dtype check: "NaN" tells the sender what broke, "float32" does not.
+    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+        count = int(np.isnan(array).sum())
+        raise DataError(f"data source {source!r}: {name} holds NaN values ({count} of {array.size})")
 
 
 def split_validation(

@@ -68,7 +68,11 @@ def train(
     settings: PipelineSettings,
     run_id: str,
 ) -> dict[str, Any]:
-    """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run."""
+    """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run.
+
+    Checkpointed after every epoch under `<run>/<model>/checkpoint/`: a retry of a killed attempt
+    resumes from the last epoch stored there."""
+    from mnist_pipeline.checkpointing import ArtifactCheckpoint
     from mnist_pipeline.model_io import model_to_bytes
     from mnist_pipeline.training import train_model
 
@@ -78,9 +82,11 @@ def train(
     train_split, val_split = split_validation(
         data.x_train, data.y_train, train_config.validation_fraction, train_config.seed
     )
-    result = train_model(model_name, train_split, val_split, train_config)
-    model_bytes = model_to_bytes(result.model)
     prefix = f"{run_key(run_id)}/{model_name}"
+    fingerprint = {"data_hash": snapshot["data_hash"], "train_config": asdict(train_config)}
+    checkpoint = ArtifactCheckpoint(artifacts, f"{prefix}/checkpoint", fingerprint)
+    result = train_model(model_name, train_split, val_split, train_config, checkpoint=checkpoint)
+    model_bytes = model_to_bytes(result.model)
     artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
     record = {
         "model": model_name,
@@ -91,6 +97,8 @@ def train(
         "model_sha256": sha256_hex(model_bytes),
         "trained_at": utc_now(),
         "epochs_run": result.epochs_run,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "epochs_after_resume": result.epochs_after_resume,
         "train_seconds": round(result.train_seconds, 2),
         "global_batch_size": result.global_batch_size,
         "replicas": result.replicas,
@@ -99,6 +107,7 @@ def train(
         "train_config": asdict(train_config),
     }
     artifacts.write_json(f"{prefix}/training.json", {**record, "history": result.history})
+    checkpoint.clear()  # the model is stored: nothing is left to resume
     return record
 
 
@@ -122,6 +131,7 @@ def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, 
         f"{prefix}/predictions.npy", npy_bytes(probabilities.argmax(axis=1).astype(np.uint8))
     )
     _export_to(artifacts, f"{prefix}/saved_model", model)
+    _write_report(artifacts, prefix, model, data, probabilities, metrics)
     log.info("%s: test accuracy %.4f, loss %.4f", training["model"], metrics["accuracy"], metrics["loss"])
     record = {
         key: training[key]
@@ -143,6 +153,18 @@ def evaluate(training: dict[str, Any], settings: PipelineSettings) -> dict[str, 
     }
     artifacts.write_json(f"{prefix}/evaluation.json", record)
     return record
+
+
+def _write_report(
+    artifacts: Storage, prefix: str, model: Any, data: Any, probabilities: np.ndarray, metrics: dict[str, Any]
+) -> None:
+    """The human-readable figures (`<prefix>/report/`), drawn from this very evaluation."""
+    from mnist_pipeline.reports import REPORT_DIR, write_report
+
+    history = artifacts.read_json(f"{prefix}/training.json").get("history", {})
+    write_report(
+        artifacts, f"{prefix}/{REPORT_DIR}", model, data.x_test, data.y_test, probabilities, metrics, history
+    )
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -104,7 +104,7 @@ def _gate_and_swap(ctx: _Context) -> dict[str, Any]:
         try:
             lineage = {"trigger": ctx.options.trigger, "conf": ctx.options.run_conf}
             pointer = publish_challenger(
-                ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, ctx.run_id, lineage
+                ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, ctx.run_id, lineage, verdict.to_dict()
             )
         except ServingCheckError as exc:
             record_event(

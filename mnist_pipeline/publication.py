@@ -6,6 +6,7 @@ retried task, a re-gated race) finds it already there and uploads nothing.
 
 from __future__ import annotations
 
+import json
 import platform
 import tempfile
 from importlib import metadata as importlib_metadata
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from mnist_pipeline.data import MnistData
+from mnist_pipeline.model_card import MODEL_CARD_FILE, render_model_card
 from mnist_pipeline.model_io import load_model_bytes
 from mnist_pipeline.pipeline import run_key, utc_now, verified_bytes
 from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.reports import REPORT_DIR
 from mnist_pipeline.serving import PROBE_IMAGES, check_serving
 from mnist_pipeline.storage import Storage
 
@@ -38,8 +41,10 @@ def publish_challenger(
     data: MnistData,
     run_id: str,
     lineage: dict[str, Any] | None = None,
+    verdict: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish the challenger's version (if not yet there); return the champion pointer for it."""
+    """Publish the challenger's version (if not yet there), its model card stating the gate's
+    `verdict`; return the champion pointer for it."""
     prefix = f"{run_key(challenger['run_id'])}/{challenger['model']}"
     training = artifacts.read_json(f"{prefix}/training.json")
     ref = VersionRef(challenger["model"], version_name(training))
@@ -48,8 +53,9 @@ def publish_challenger(
             _stage(Path(tmp), artifacts, prefix, training)
             _check_staged_serving(Path(tmp), data)
             metrics = {key: challenger[key] for key in ("accuracy", "loss", "test_hash")}
-            extra = {"metrics": metrics, "run": lineage or {}}
-            registry.publish(ref, Path(tmp), _metadata(training, run_id) | extra)
+            metadata = _metadata(training, run_id) | {"metrics": metrics, "run": lineage or {}}
+            _write_model_card(Path(tmp), ref, metadata, verdict, training)
+            registry.publish(ref, Path(tmp), metadata)
     return {
         "model": ref.model,
         "version": ref.version,
@@ -69,6 +75,21 @@ def _stage(target: Path, artifacts: Storage, prefix: str, training: dict[str, An
     model_key = f"{prefix}/model.keras"
     (target / "model.keras").write_bytes(verified_bytes(artifacts, model_key, training["model_sha256"]))
     artifacts.download_prefix(f"{prefix}/saved_model", target / "saved_model")
+    if artifacts.list_keys(f"{prefix}/{REPORT_DIR}/"):  # runs evaluated before reports existed have none
+        artifacts.download_prefix(f"{prefix}/{REPORT_DIR}", target / REPORT_DIR)
+
+
+def _write_model_card(
+    staged: Path,
+    ref: VersionRef,
+    metadata: dict[str, Any],
+    verdict: dict[str, Any] | None,
+    training: dict[str, Any],
+) -> None:
+    # Written before `publish`, so the card is one of the files whose sha256 the commit mark lists.
+    metrics = json.loads((staged / "metrics.json").read_text())
+    identity = {"model": ref.model, "version": ref.version}
+    (staged / MODEL_CARD_FILE).write_text(render_model_card(metadata | identity, metrics, verdict, training))
 
 
 def _check_staged_serving(staged: Path, data: MnistData) -> None:

@@ -12,18 +12,30 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnist_pipeline.errors import RegistryError, StorageError
+from mnist_pipeline.errors import ConfigError, RegistryError, StorageError
 from mnist_pipeline.sources import sha256_hex
 from mnist_pipeline.storage import Storage
 
-__all__ = ["ModelRegistry", "VersionRef", "brief", "chain_pointer", "parse_ref", "validate_name"]
+__all__ = [
+    "ModelRegistry",
+    "VersionRef",
+    "brief",
+    "chain_pointer",
+    "parse_ref",
+    "stale_upload_seconds",
+    "validate_name",
+]
+log = logging.getLogger(__name__)
 
 ROOT = "mnist"
 CHAMPION_KEY = f"{ROOT}/champion.json"
@@ -32,6 +44,17 @@ PREDICTIONS_FILE = "predictions.npy"
 POINTER_HISTORY_DEPTH = 10  # how many earlier champions a pointer remembers, for rollback
 # Names become object paths: letters, digits, '.', '_', '-' only, and never '..'.
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# An uncommitted version untouched this long is a crashed publish's leftover, not one in progress.
+STALE_UPLOAD_ENV = "MNIST_STALE_UPLOAD_SECONDS"
+DEFAULT_STALE_UPLOAD_S = 3600.0
+
+
+def stale_upload_seconds() -> float:
+    raw = os.environ.get(STALE_UPLOAD_ENV) or str(DEFAULT_STALE_UPLOAD_S)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {STALE_UPLOAD_ENV} must be a number, got {raw!r}") from None
 
 
 def validate_name(kind: str, name: str) -> str:
@@ -71,6 +94,7 @@ class ModelRegistry:
         """Upload every file of `local_dir`, then `metadata.json` with their sha256 (the commit mark)."""
         if self.is_published(ref):
             return self.metadata(ref)  # idempotent: a retried task re-publishes nothing
+        self.remove_stale_uploads(keep=ref)
         files = {
             path.relative_to(local_dir).as_posix(): sha256_hex(path.read_bytes())
             for path in sorted(Path(local_dir).rglob("*"))
@@ -80,6 +104,26 @@ class ModelRegistry:
         full = {**metadata, "model": ref.model, "version": ref.version, "files_sha256": files}
         self.storage.write_json(f"{ref.prefix}/{METADATA_FILE}", full)
         return full
+
+    def remove_stale_uploads(self, keep: VersionRef) -> list[VersionRef]:
+        """Delete versions without their commit mark whose newest file is older than
+        `MNIST_STALE_UPLOAD_SECONDS`: what a publish killed mid-upload left. Younger ones may still
+        be uploading in another process, and `keep` is about to be rewritten anyway."""
+        newest: dict[VersionRef, float] = {}
+        committed: set[VersionRef] = set()
+        for key, modified in self.storage.modified_times(f"{ROOT}/models/").items():
+            ref = _version_of(key)
+            if ref is None:
+                continue
+            newest[ref] = max(newest.get(ref, 0.0), modified)
+            if key == f"{ref.prefix}/{METADATA_FILE}":
+                committed.add(ref)
+        cutoff = time.time() - stale_upload_seconds()
+        stale = [ref for ref, at in newest.items() if ref not in committed and ref != keep and at < cutoff]
+        for ref in stale:
+            log.warning("removing %s: an upload that never committed (no %s)", self.uri(ref), METADATA_FILE)
+            self.storage.delete(ref.prefix)
+        return stale
 
     def is_published(self, ref: VersionRef) -> bool:
         return self.storage.exists(f"{ref.prefix}/{METADATA_FILE}")
@@ -131,6 +175,17 @@ class ModelRegistry:
         if sha256_hex(data) != expected:
             raise RegistryError(f"version {ref}: {name} does not match its recorded sha256; refusing it")
         return data
+
+
+def _version_of(key: str) -> VersionRef | None:
+    """The version a registry key belongs to; None for keys that are no version's file."""
+    parts = key.split("/")
+    if len(parts) < 5 or parts[1] != "models":
+        return None
+    try:
+        return VersionRef(parts[2], parts[3])
+    except RegistryError:
+        return None  # not a name this registry would have written: leave it alone
 
 
 def parse_ref(text: str) -> VersionRef:

@@ -3,6 +3,11 @@
 Everything the pipeline persists (dataset snapshots, trained models, the registry) goes through a
 `Storage`, addressed by a root URI: a filesystem path or `gs://bucket/prefix`. The GCS backend uses
 google-cloud-storage, which talks to an emulator when `STORAGE_EMULATOR_HOST` is set.
+
+Every GCS call retries transient failures (connection errors, 429/5xx) with exponential backoff
+until a deadline, through google-cloud-storage's own retry policies: `MNIST_STORAGE_RETRY_DEADLINE`
+seconds (default 120). A storage outage shorter than that is survived; a longer one raises
+`StorageError` naming the object.
 """
 
 from __future__ import annotations
@@ -14,14 +19,38 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from mnist_pipeline.errors import StorageError
+from mnist_pipeline.errors import ConfigError, StorageError
 
-__all__ = ["GcsStorage", "LocalStorage", "Storage", "open_storage", "split_gs_uri"]
+__all__ = [
+    "DEFAULT_RETRY_DEADLINE_S",
+    "RETRY_DEADLINE_ENV",
+    "GcsStorage",
+    "LocalStorage",
+    "Storage",
+    "open_storage",
+    "retry_deadline",
+    "split_gs_uri",
+]
+
+RETRY_DEADLINE_ENV = "MNIST_STORAGE_RETRY_DEADLINE"
+DEFAULT_RETRY_DEADLINE_S = 120.0
+
+
+def retry_deadline(env: Mapping[str, str] | None = None) -> float:
+    """Seconds a GCS call keeps retrying transient failures: `MNIST_STORAGE_RETRY_DEADLINE`."""
+    raw = (os.environ if env is None else env).get(RETRY_DEADLINE_ENV) or str(DEFAULT_RETRY_DEADLINE_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"environment variable {RETRY_DEADLINE_ENV} must be a positive number, got {raw!r}")
+    return seconds
 
 
 class Storage(ABC):
@@ -55,6 +84,10 @@ class Storage(ABC):
 
         Returns False, writing nothing, when another writer got there first.
         """
+
+    @abstractmethod
+    def modified_times(self, prefix: str = "") -> dict[str, float]:
+        """Every key under `prefix` with its last write time (seconds since the epoch)."""
 
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
@@ -141,6 +174,9 @@ class LocalStorage(Storage):
         else:
             path.unlink(missing_ok=True)
 
+    def modified_times(self, prefix: str = "") -> dict[str, float]:
+        return {key: self._path(key).stat().st_mtime for key in self.list_keys(prefix)}
+
     def read_versioned(self, key: str) -> tuple[bytes | None, str]:
         # No lock: writers replace the file by an atomic rename, so a read sees old or new whole.
         return self._read_with_token(self._path(key))
@@ -189,55 +225,106 @@ class GcsStorage(Storage):
     def read_bytes(self, key: str) -> bytes:
         from google.api_core import exceptions
 
-        try:
-            return self.bucket.blob(self._name(key)).download_as_bytes()
-        except exceptions.NotFound:
-            raise StorageError(f"{self.uri(key)} does not exist") from None
+        with self._reaching(key):
+            try:
+                return self.bucket.blob(self._name(key)).download_as_bytes(retry=_retry())
+            except exceptions.NotFound:
+                raise StorageError(f"{self.uri(key)} does not exist") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         from google.api_core import exceptions
 
-        try:
-            self.bucket.blob(self._name(key)).upload_from_string(data)
-        except exceptions.NotFound:
-            raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
+        # Unconditional writes are retried too: every key the pipeline writes this way gets the
+        # same bytes on a repeat (content-named versions, per-run artifacts), so a repeat is harmless.
+        with self._reaching(key):
+            try:
+                self.bucket.blob(self._name(key)).upload_from_string(data, retry=_retry())
+            except exceptions.NotFound:
+                raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
 
     def exists(self, key: str) -> bool:
-        return self.bucket.blob(self._name(key)).exists()
+        with self._reaching(key):
+            return self.bucket.blob(self._name(key)).exists(retry=_retry())
 
     def list_keys(self, prefix: str = "") -> list[str]:
+        return sorted(self._list_blobs(prefix))
+
+    def modified_times(self, prefix: str = "") -> dict[str, float]:
+        return {key: blob.updated.timestamp() for key, blob in self._list_blobs(prefix).items()}
+
+    def _list_blobs(self, prefix: str) -> dict[str, Any]:
         from google.api_core import exceptions
 
-        full = self._name(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
-        try:
-            blobs = self.client.list_blobs(self.bucket_name, prefix=full)
-            return sorted(blob.name[strip:] for blob in blobs)
-        except exceptions.NotFound:
-            raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
+        with self._reaching(prefix):
+            try:
+                blobs = self.client.list_blobs(self.bucket_name, prefix=self._name(prefix), retry=_retry())
+                return {blob.name[strip:]: blob for blob in blobs}
+            except exceptions.NotFound:
+                raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
 
     def delete(self, key: str) -> None:
+        from google.api_core import exceptions
+
         for name in self.list_keys(key):
-            self.bucket.blob(self._name(name)).delete()
+            with self._reaching(name), suppress(exceptions.NotFound):  # gone already: a retried delete
+                self.bucket.blob(self._name(name)).delete(retry=_retry())
 
     def read_versioned(self, key: str) -> tuple[bytes | None, str]:
         from google.api_core import exceptions
 
         blob = self.bucket.blob(self._name(key))
-        try:
-            data = blob.download_as_bytes()  # fills blob.generation from the same response
-        except exceptions.NotFound:
-            return None, "0"
+        with self._reaching(key):
+            try:
+                data = blob.download_as_bytes(retry=_retry())  # fills blob.generation from the same response
+            except exceptions.NotFound:
+                return None, "0"
         return data, str(blob.generation)
 
     def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
         from google.api_core import exceptions
 
-        try:
-            self.bucket.blob(self._name(key)).upload_from_string(data, if_generation_match=int(generation))
-        except exceptions.PreconditionFailed:
-            return False
+        blob = self.bucket.blob(self._name(key))
+        with self._reaching(key):
+            try:
+                # Safe to retry only because the precondition travels with every attempt.
+                blob.upload_from_string(data, if_generation_match=int(generation), retry=_conditional_retry())
+            except exceptions.PreconditionFailed:
+                # A retried attempt fails its precondition when an earlier attempt did land (its
+                # response lost in the outage): the object holding our bytes means we won.
+                return self.read_versioned(key)[0] == data
         return True
+
+    @contextmanager
+    def _reaching(self, key: str) -> Iterator[None]:
+        """Turn an outage that outlived the retry deadline into a `StorageError` naming the object."""
+        import requests
+        from google.api_core import exceptions
+
+        try:
+            yield
+        except exceptions.RetryError as exc:
+            raise StorageError(
+                f"{self.uri(key)}: storage unreachable, gave up after {retry_deadline():g} s of retries "
+                f"({exc.cause})"
+            ) from exc
+        except (ConnectionError, requests.exceptions.ConnectionError) as exc:
+            raise StorageError(f"{self.uri(key)}: storage unreachable ({exc})") from exc
+
+
+def _retry() -> Any:
+    """google-cloud-storage's default policy (connection errors, 429 and 5xx, exponential backoff)
+    with our deadline."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(retry_deadline())
+
+
+def _conditional_retry() -> Any:
+    """The same policy, applied only to requests that carry a generation precondition."""
+    from google.cloud.storage.retry import ConditionalRetryPolicy, is_generation_specified
+
+    return ConditionalRetryPolicy(_retry(), is_generation_specified, ["query_params"])
 
 
 def _gcs_client(gcs):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +23,8 @@ from mnist_pipeline.models import ModelConfig, get_model_spec
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+    from mnist_pipeline.checkpointing import ArtifactCheckpoint
 
 __all__ = ["TrainResult", "make_strategy", "resolve_model_config", "train_model"]
 
@@ -58,12 +62,17 @@ def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
 class TrainResult:
     model: keras.Model
     model_config: ModelConfig
-    history: dict[str, list[float]]
-    epochs_run: int
+    history: dict[str, list[float]]  # the epochs this attempt ran (after any resume)
+    epochs_run: int  # every epoch the model has trained, those before a resume included
     train_seconds: float
     global_batch_size: int
     replicas: int
     devices: list[str] = field(default_factory=list)
+    resumed_from_epoch: int = 0  # epochs restored from a checkpoint (0: trained from scratch)
+
+    @property
+    def epochs_after_resume(self) -> int:
+        return self.epochs_run - self.resumed_from_epoch
 
 
 def train_model(
@@ -72,8 +81,13 @@ def train_model(
     val_data: tuple[np.ndarray, np.ndarray],
     train_config: TrainConfig | None = None,
     extra_callbacks: list[Any] | None = None,
+    checkpoint: ArtifactCheckpoint | None = None,
 ) -> TrainResult:
-    """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones."""
+    """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones.
+
+    With a `checkpoint`, the training state is backed up to it after every epoch and, when it holds
+    one from an interrupted attempt, training resumes from there.
+    """
     import keras
 
     train_config = train_config or TrainConfig()
@@ -81,33 +95,65 @@ def train_model(
     keras.utils.set_random_seed(train_config.seed)
     strategy = make_strategy()
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
     with strategy.scope():
-        model = get_model_spec(name).builder(model_config)
-        model.compile(
-            optimizer=keras.optimizers.Adam(_schedule(model_config, steps_per_epoch)),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        model = _compiled_model(name, model_config, math.ceil(len(train_data[1]) / global_batch))
+    callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1])) + (extra_callbacks or [])
     started = time.perf_counter()
-    history = model.fit(
-        make_train_dataset(*train_data, global_batch, train_config.seed),
-        validation_data=make_eval_dataset(*val_data, global_batch),
-        epochs=model_config.epochs,
-        shuffle=False,  # the dataset reshuffles itself every epoch, seeded
-        callbacks=_callbacks(train_config, model_config.epochs, len(train_data[1])) + (extra_callbacks or []),
-        verbose=0,
-    )
+    with tempfile.TemporaryDirectory(prefix="mnist-backup-") as backup_dir:
+        resumed = _resume_callbacks(checkpoint, Path(backup_dir), callbacks)
+        history = model.fit(
+            make_train_dataset(*train_data, global_batch, train_config.seed),
+            validation_data=make_eval_dataset(*val_data, global_batch),
+            epochs=model_config.epochs,
+            shuffle=False,  # the dataset reshuffles itself every epoch, seeded
+            callbacks=callbacks,
+            verbose=0,
+        )
     return TrainResult(
         model=model,
         model_config=model_config,
         history={key: [float(v) for v in values] for key, values in history.history.items()},
-        epochs_run=len(history.epoch),
+        epochs_run=resumed + len(history.epoch),
         train_seconds=time.perf_counter() - started,
         global_batch_size=global_batch,
         replicas=strategy.num_replicas_in_sync,
         devices=list(strategy.extended.worker_devices),
+        resumed_from_epoch=resumed,
     )
+
+
+def _compiled_model(name: str, model_config: ModelConfig, steps_per_epoch: int) -> keras.Model:
+    """Build and compile the model; call inside the strategy's scope, so variables are mirrored."""
+    import keras
+
+    model = get_model_spec(name).builder(model_config)
+    model.compile(
+        optimizer=keras.optimizers.Adam(_schedule(model_config, steps_per_epoch)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _resume_callbacks(checkpoint: ArtifactCheckpoint | None, backup_dir: Path, callbacks: list[Any]) -> int:
+    """Put the backup/restore pair first in `callbacks`; returns the epoch training resumes after.
+
+    `BackupAndRestore` restores weights, optimizer state (so the learning-rate schedule continues)
+    and the epoch counter from `backup_dir`, which `checkpoint.restore` filled from the artifacts
+    store; it works under `MirroredStrategy`.
+    """
+    import keras
+
+    from mnist_pipeline.checkpointing import CheckpointUploader
+
+    if checkpoint is None:
+        return 0
+    resumed = checkpoint.restore(backup_dir)
+    callbacks[:0] = [
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        CheckpointUploader(checkpoint, backup_dir),
+    ]
+    return resumed
 
 
 def _schedule(config: ModelConfig, steps_per_epoch: int) -> Any:

@@ -91,3 +91,7 @@ def airflow_db() -> Path:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     return _AIRFLOW_HOME
+
+
+# The fault-injection suite's fixtures and its end-of-session summary.
+pytest_plugins = ["tests.fault_fixtures", "tests.fault_report"]

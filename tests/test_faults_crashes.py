@@ -1,0 +1,240 @@
+"""Fault injection, crashes and outages: a worker killed mid-training, GCS going away during a
+promotion, a promotion killed between upload and pointer move, two promotions racing from separate
+processes. Each time the run completes (or a retry does), the champion is consistent, and no
+object that existed before is lost.
+
+Processes are really killed (SIGKILL) and the GCS server really stops: fake-gcs-server with a
+filesystem backend, started again on the same port with the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnist_pipeline.config import PipelineSettings
+from mnist_pipeline.history import list_events
+from mnist_pipeline.pipeline import ingest, run_key
+from mnist_pipeline.promotion import promote
+from mnist_pipeline.publication import version_name
+from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.storage import open_storage, split_gs_uri
+from tests.fault_fixtures import RestartableGcsServer, new_bucket_uri, storage_bytes
+from tests.fault_report import FaultLedger
+
+pytestmark = pytest.mark.slow
+
+CHAMPION_KEY = "mnist/champion.json"
+TRAIN_IMAGES, EPOCHS = 3000, 8
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mnist_pipeline.cli", *args]
+
+
+def cli_env(**values: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **values}
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 180, process: Any = None) -> Any:
+    """Poll `condition` until it returns something truthy; fail if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the process exited ({process.returncode}) before {what}")
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def assert_consistent_champion(registry_uri: str) -> dict[str, Any]:
+    """The pointer names a committed version, and every file of it matches its recorded sha256."""
+    registry = ModelRegistry(open_storage(registry_uri))
+    champion = registry.champion()
+    ref = VersionRef(champion["model"], champion["version"])
+    assert ref in registry.versions()
+    for name in registry.metadata(ref)["files_sha256"]:
+        registry.verified_file(ref, name)
+    return champion
+
+
+def version_of(fault_runs: dict[str, Any], run_id: str) -> VersionRef:
+    training = open_storage(fault_runs["artifacts"]).read_json(f"{run_key(run_id)}/dnn/training.json")
+    return VersionRef("dnn", version_name(training))
+
+
+def epoch_accuracies(log: str) -> dict[int, float]:
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"epoch (\d+)/\d+ loss=\S+ accuracy=(\S+)", log)}
+
+
+def test_a_worker_killed_mid_training_resumes_from_the_stored_checkpoint(
+    fault_gcs: RestartableGcsServer, mnist_npz: Path, tmp_path: Path, fault_ledger: FaultLedger
+) -> None:
+    artifacts_uri = new_bucket_uri("artifacts")
+    settings = PipelineSettings(
+        source=str(mnist_npz), artifacts_uri=artifacts_uri, max_train_images=TRAIN_IMAGES
+    )
+    ingest(settings, "run-killed")
+    artifacts, prefix = open_storage(artifacts_uri), f"{run_key('run-killed')}/dnn"
+    snapshot_before = storage_bytes(f"{artifacts_uri}/datasets")
+    command = cli("--run-id", "run-killed", "--max-train-images", str(TRAIN_IMAGES), "train", "dnn")
+    command += ["--epochs", str(EPOCHS)]
+    env = cli_env(MNIST_ARTIFACTS_URI=artifacts_uri, MNIST_SOURCE=str(mnist_npz))
+    with open(tmp_path / "killed.log", "w") as log:
+        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        state = wait_for(
+            lambda: _checkpoint_epoch(artifacts, prefix) >= 2, "a checkpoint of epoch 2", process=worker
+        )
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert state and worker.returncode == -signal.SIGKILL
+    stored_epoch = _checkpoint_epoch(artifacts, prefix)
+    killed_log = (tmp_path / "killed.log").read_text()
+    assert 2 <= stored_epoch < EPOCHS and f"epoch {EPOCHS}/{EPOCHS}" not in killed_log
+    assert not artifacts.exists(f"{prefix}/training.json")
+
+    retry = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    training = artifacts.read_json(f"{prefix}/training.json")
+    assert training["resumed_from_epoch"] == stored_epoch and training["epochs_run"] == EPOCHS
+    assert training["epochs_after_resume"] == EPOCHS - stored_epoch == len(training["history"]["loss"])
+    assert training["replicas"] >= 1 and training["devices"]  # trained under MirroredStrategy
+    assert f"after epoch {stored_epoch}" in retry.stderr
+    # The weights came back: the first resumed epoch trains far better than a fresh first epoch.
+    resumed_accuracy = epoch_accuracies(retry.stderr)[stored_epoch + 1]
+    assert resumed_accuracy > epoch_accuracies(killed_log)[1] + 0.1
+    assert artifacts.list_keys(f"{prefix}/checkpoint/") == []  # deleted once the model was stored
+    fault_ledger.compared(snapshot_before, storage_bytes(f"{artifacts_uri}/datasets"), may_change=set())
+    fault_ledger.survived("worker SIGKILLed mid-training")
+
+
+def _checkpoint_epoch(artifacts: Any, prefix: str) -> int:
+    key = f"{prefix}/checkpoint/state.json"
+    return artifacts.read_json(key)["epoch"] if artifacts.exists(key) else 0
+
+
+class Outage(threading.Thread):
+    """Stops the GCS server the moment `trigger` appears on its disk, starts it `seconds` later."""
+
+    def __init__(self, server: RestartableGcsServer, trigger: Path, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.server, self.trigger, self.seconds = server, trigger, seconds
+        self.down_at = self.up_at = 0.0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 180
+        while not self.trigger.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.server.kill()
+        self.down_at = time.monotonic()
+        time.sleep(self.seconds)
+        self.server.start()
+        self.up_at = time.monotonic()
+
+
+@pytest.mark.parametrize("moment", ["version upload", "pointer move"])
+def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
+    moment: str,
+    fault_gcs: RestartableGcsServer,
+    registry_with_champion: str,
+    fault_runs: dict[str, Any],
+    fault_ledger: FaultLedger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MNIST_STORAGE_RETRY_DEADLINE", "40")
+    before = storage_bytes(registry_with_champion)
+    bucket, root = split_gs_uri(registry_with_champion)
+    ref = version_of(fault_runs, "run-dnn-a")
+    first_file = "model.keras" if moment == "version upload" else "metadata.json"
+    outage = Outage(fault_gcs, fault_gcs.object_path(bucket, f"{root}/{ref.prefix}/{first_file}"), seconds=3)
+    outage.start()
+    settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
+    outcome = promote([fault_runs["evaluations"]["run-dnn-a"]], settings, "run-dnn-a")
+    finished_at = time.monotonic()
+    outage.join(timeout=30)
+    assert outage.down_at and outage.up_at and finished_at > outage.up_at  # it ran through the outage
+    assert outcome["promoted"] and outcome["version"] == ref.version
+    champion = assert_consistent_champion(registry_with_champion)
+    assert champion["version"] == ref.version and champion["previous"]["run_id"] == "run-champion"
+    assert [e["run_id"] for e in list_events(open_storage(registry_with_champion))][-1] == "run-dnn-a"
+    fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change={CHAMPION_KEY})
+    fault_ledger.survived(f"GCS outage during the {moment}")
+
+
+def test_a_promotion_killed_after_upload_never_exposes_its_half_version(
+    fault_gcs: RestartableGcsServer,
+    registry_with_champion: str,
+    fault_runs: dict[str, Any],
+    fault_ledger: FaultLedger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = storage_bytes(registry_with_champion)
+    registry = ModelRegistry(open_storage(registry_with_champion))
+    bucket, root = split_gs_uri(registry_with_champion)
+    half = version_of(fault_runs, "run-dnn-a")
+    env = cli_env(MNIST_ARTIFACTS_URI=fault_runs["artifacts"], MNIST_REGISTRY_URI=registry_with_champion)
+    worker = subprocess.Popen(
+        cli("--run-id", "run-dnn-a", "promote"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    model_file = fault_gcs.object_path(bucket, f"{root}/{half.prefix}/model.keras")
+    wait_for(model_file.exists, "the version's upload to begin", process=worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert registry.storage.list_keys(half.prefix) and not registry.is_published(half)
+    # Readers see the registry as it was: same champion, same versions, no history event.
+    assert registry.storage.read_bytes(CHAMPION_KEY) == before[CHAMPION_KEY]
+    assert half not in registry.versions() and len(list_events(registry.storage)) == 1
+
+    # The next run publishes another version and clears the dead upload away.
+    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "0")
+    settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
+    assert promote([fault_runs["evaluations"]["run-dnn-b"]], settings, "run-dnn-b")["promoted"]
+    assert registry.storage.list_keys(half.prefix) == []
+    assert assert_consistent_champion(registry_with_champion)["run_id"] == "run-dnn-b"
+    fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change={CHAMPION_KEY})
+    fault_ledger.survived("promotion SIGKILLed between upload and pointer move")
+
+
+def test_two_promotions_from_separate_processes_leave_one_champion_and_both_verdicts(
+    fault_gcs: RestartableGcsServer,
+    registry_with_champion: str,
+    fault_runs: dict[str, Any],
+    fault_ledger: FaultLedger,
+) -> None:
+    before = storage_bytes(registry_with_champion)
+    env = cli_env(MNIST_ARTIFACTS_URI=fault_runs["artifacts"], MNIST_REGISTRY_URI=registry_with_champion)
+    runs = ("run-dnn-a", "run-dnn-b")
+    workers = [
+        subprocess.Popen(
+            cli("--run-id", run, "promote"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        for run in runs
+    ]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr.decode()[-3000:]
+    outcomes = [json.loads(stdout) for stdout, _ in outputs]
+    registry = ModelRegistry(open_storage(registry_with_champion))
+    new_events = list_events(registry.storage)[1:]  # the template's own event comes first
+    assert sorted(event["run_id"] for event in new_events) == sorted(runs)
+    champion = assert_consistent_champion(registry_with_champion)
+    promoted = {(o["model"], o["version"]) for o in outcomes if o["promoted"]}
+    assert (champion["model"], champion["version"]) in promoted
+    for model, version in promoted:  # no promoted version lost
+        assert VersionRef(model, version) in registry.versions()
+    expected_previous = {"run-champion"} if len(promoted) == 1 else set(runs) - {champion["run_id"]}
+    assert {champion["previous"]["run_id"]} == expected_previous
+    fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change={CHAMPION_KEY})
+    fault_ledger.survived("two promotions racing from separate processes")

@@ -1,0 +1,77 @@
+"""The pieces the fault suite relies on, one at a time: the storage retry deadline, the removal of
+dead uploads (and only dead ones), and checkpoints that refuse to resume another training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.errors import ConfigError, StorageError
+from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.storage import DEFAULT_RETRY_DEADLINE_S, open_storage, retry_deadline
+from tests.fault_fixtures import RestartableGcsServer, new_bucket_uri
+
+
+def test_the_retry_deadline_comes_from_the_environment() -> None:
+    assert retry_deadline({}) == DEFAULT_RETRY_DEADLINE_S
+    assert retry_deadline({"MNIST_STORAGE_RETRY_DEADLINE": "2.5"}) == 2.5
+    for bad in ("0", "-3", "soon"):
+        with pytest.raises(
+            ConfigError, match=f"MNIST_STORAGE_RETRY_DEADLINE must be a positive number, got '{bad}'"
+        ):
+            retry_deadline({"MNIST_STORAGE_RETRY_DEADLINE": bad})
+
+
+def test_an_outage_longer_than_the_deadline_names_the_object(
+    fault_gcs: RestartableGcsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_storage(new_bucket_uri("p"))
+    store.write_bytes("kept.txt", b"before the outage")
+    monkeypatch.setenv("MNIST_STORAGE_RETRY_DEADLINE", "1")
+    fault_gcs.kill()
+    try:
+        with pytest.raises(
+            StorageError, match=r"/p/late\.txt: storage unreachable, gave up after 1 s of retries"
+        ):
+            store.write_bytes("late.txt", b"during the outage")
+    finally:
+        fault_gcs.start()
+    assert store.read_bytes("kept.txt") == b"before the outage" and not store.exists("late.txt")
+
+
+def write_version(registry: ModelRegistry, ref: VersionRef, committed: bool) -> None:
+    registry.storage.write_bytes(f"{ref.prefix}/model.keras", b"weights")
+    if committed:
+        registry.storage.write_json(f"{ref.prefix}/metadata.json", {"files_sha256": {}})
+
+
+def test_only_dead_uploads_are_removed(storage_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = ModelRegistry(open_storage(storage_uri))
+    done, uploading, mine = VersionRef("dnn", "v1"), VersionRef("dnn", "v2"), VersionRef("cnn", "v3")
+    write_version(registry, done, committed=True)
+    write_version(registry, uploading, committed=False)
+    write_version(registry, mine, committed=False)
+    # Just written: another process may still be uploading it.
+    assert registry.remove_stale_uploads(keep=mine) == []
+    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "0")
+    assert registry.remove_stale_uploads(keep=mine) == [uploading]
+    assert registry.storage.list_keys(uploading.prefix) == []
+    assert registry.versions() == [done] and registry.storage.exists(f"{mine.prefix}/model.keras")
+
+
+def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None:
+    from mnist_pipeline.checkpointing import BACKUP_WEIGHTS, ArtifactCheckpoint
+
+    store = open_storage(str(tmp_path / "artifacts"))
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / BACKUP_WEIGHTS).write_bytes(b"weights of epoch 3")
+    ArtifactCheckpoint(store, "runs/r/dnn/checkpoint", {"data_hash": "a"}).save(backup, epoch=3)
+    fresh = tmp_path / "fresh"
+    assert ArtifactCheckpoint(store, "runs/r/dnn/checkpoint", {"data_hash": "a"}).restore(fresh) == 3
+    assert (fresh / BACKUP_WEIGHTS).read_bytes() == b"weights of epoch 3"
+    assert json.loads((fresh / "training_metadata.json").read_text())["epoch"] == 3
+    assert ArtifactCheckpoint(store, "runs/r/dnn/checkpoint", {"data_hash": "b"}).restore(tmp_path / "x") == 0
+    assert store.list_keys("runs/r/dnn/checkpoint/") == []  # the foreign checkpoint is gone
