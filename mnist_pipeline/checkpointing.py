@@ -39,6 +39,9 @@ class ArtifactCheckpoint:
     storage: Storage
     prefix: str
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # Per-epoch metrics of every epoch checkpointed so far, so that the learning curves of a
+    # resumed training show the epochs before the kill too.
+    history: dict[str, list[float]] = field(default_factory=dict)
 
     def restore(self, backup_dir: Path) -> int:
         """Fill `backup_dir` from the stored checkpoint; returns its epoch (0: start afresh)."""
@@ -54,14 +57,18 @@ class ArtifactCheckpoint:
         weights = self.storage.read_bytes(f"{self.prefix}/{state['weights']}")
         (backup_dir / BACKUP_WEIGHTS).write_bytes(weights)
         (backup_dir / BACKUP_METADATA).write_text(json.dumps({"epoch": state["epoch"], "batch": 0}))
+        self.history = state.get("history", {})
         log.info("resuming from checkpoint %s after epoch %d", self._uri(), state["epoch"])
         return int(state["epoch"])
 
-    def save(self, backup_dir: Path, epoch: int) -> None:
-        """Store the weights `BackupAndRestore` just wrote for `epoch` (1-based), then the commit mark."""
+    def save(self, backup_dir: Path, epoch: int, logs: dict[str, float] | None = None) -> None:
+        """Store the weights `BackupAndRestore` just wrote for `epoch` (1-based) and the epoch's
+        metrics, then the commit mark."""
         weights = f"epoch-{epoch:04d}.weights.h5"
         self.storage.write_bytes(f"{self.prefix}/{weights}", (backup_dir / BACKUP_WEIGHTS).read_bytes())
-        state = {"epoch": epoch, "weights": weights, "fingerprint": self.fingerprint}
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        state = {"epoch": epoch, "weights": weights, "fingerprint": self.fingerprint, "history": self.history}
         self.storage.write_json(f"{self.prefix}/{STATE_FILE}", state)
         for key in self.storage.list_keys(f"{self.prefix}/"):
             if key.endswith(".weights.h5") and not key.endswith(f"/{weights}"):
@@ -90,4 +97,4 @@ class CheckpointUploader(keras.callbacks.Callback):
         self.checkpoint, self.backup_dir = checkpoint, backup_dir
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.checkpoint.save(self.backup_dir, epoch + 1)
+        self.checkpoint.save(self.backup_dir, epoch + 1, logs)

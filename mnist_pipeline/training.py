@@ -62,7 +62,7 @@ def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
 class TrainResult:
     model: keras.Model
     model_config: ModelConfig
-    history: dict[str, list[float]]  # the epochs this attempt ran (after any resume)
+    history: dict[str, list[float]]  # every epoch, those before a resume included
     epochs_run: int  # every epoch the model has trained, those before a resume included
     train_seconds: float
     global_batch_size: int
@@ -112,7 +112,7 @@ def train_model(
     return TrainResult(
         model=model,
         model_config=model_config,
-        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        history=_full_history(history.history, checkpoint),
         epochs_run=resumed + len(history.epoch),
         train_seconds=time.perf_counter() - started,
         global_batch_size=global_batch,
@@ -120,6 +120,14 @@ def train_model(
         devices=list(strategy.extended.worker_devices),
         resumed_from_epoch=resumed,
     )
+
+
+def _full_history(fitted: dict[str, list], checkpoint: ArtifactCheckpoint | None) -> dict[str, list[float]]:
+    """This attempt's per-epoch metrics; with a checkpoint, those of the epochs before a resume too
+    (the checkpoint has recorded every epoch it saved, this attempt's included)."""
+    if checkpoint is not None and checkpoint.history:
+        return {key: list(values) for key, values in checkpoint.history.items()}
+    return {key: [float(v) for v in values] for key, values in fitted.items()}
 
 
 def _compiled_model(name: str, model_config: ModelConfig, steps_per_epoch: int) -> keras.Model:
