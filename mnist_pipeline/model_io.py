@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mnist_pipeline.errors import RegistryError
+
 if TYPE_CHECKING:
     import keras
 
@@ -26,7 +28,12 @@ def load_model_bytes(data: bytes) -> keras.Model:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         path.write_bytes(data)
-        return keras.saving.load_model(path, safe_mode=True)
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except ValueError as exc:
+            if "safe_mode" not in str(exc):
+                raise
+            raise RegistryError(f"refusing a model that would run arbitrary code when loaded: {exc}") from exc
 
 
 def export_saved_model(model: keras.Model, directory: Path) -> Path:
