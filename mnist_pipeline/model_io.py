@@ -37,6 +37,21 @@ def load_model_bytes(data: bytes) -> keras.Model:
 
 
 def export_saved_model(model: keras.Model, directory: Path) -> Path:
-    """A TF SavedModel whose `serve` signature maps uint8 (N, 28, 28) images to 10 probabilities."""
-    model.export(str(directory), format="tf_saved_model", verbose=False)
+    """A TF SavedModel whose `serve` (and `serving_default`) signature maps uint8 (N, 28, 28)
+    images to 10 probabilities.
+
+    The endpoint calls the model with `training=False` explicitly: `model.export()` traces a plain
+    call, and Keras' random image layers (the CNN's augmentation) default to training mode there,
+    so the served model would shift and rotate every digit it is asked about.
+    """
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda images: model(images, training=False),
+        input_signature=[keras.InputSpec(shape=(None, 28, 28), dtype="uint8")],
+    )
+    archive.write_out(str(directory), verbose=False)
     return directory

