@@ -7,17 +7,21 @@ hash is built in, any other URL carries its own as a `#sha256=<hex>` fragment.
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from mnist_pipeline.config import CANONICAL_MNIST_SHA256, CANONICAL_MNIST_URL
 from mnist_pipeline.errors import DataError, StorageError
 
-__all__ = ["KNOWN_SHA256", "read_source_bytes", "sha256_hex", "verify_sha256"]
+__all__ = ["KNOWN_SHA256", "read_source_bytes", "redacted", "sha256_hex", "verify_sha256"]
 
 KNOWN_SHA256 = {CANONICAL_MNIST_URL: CANONICAL_MNIST_SHA256}
 _DOWNLOAD_TIMEOUT_S = 120
+# Query parameters that carry credentials in signed or token URLs.
+_SECRET_PARAMETER = re.compile(r"(?i)(token|key|sig|signature|secret|password|credential|auth)")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -26,6 +30,7 @@ def sha256_hex(data: bytes) -> str:
 
 def read_source_bytes(source: str) -> bytes:
     """The bytes behind `source`; a missing or unverifiable source raises `DataError`."""
+    _refuse_embedded_credentials(source)
     if source.startswith("https://"):
         return _download_verified(source)
     if source.startswith("gs://"):
@@ -36,6 +41,28 @@ def read_source_bytes(source: str) -> bytes:
     if not path.is_file():
         raise DataError(f"data source {source!r}: no such file")
     return path.read_bytes()
+
+
+def _refuse_embedded_credentials(source: str) -> None:
+    """A source is recorded as given (manifests, run records, logs), so it must not carry a
+    password or token; the error shows it with the secret parts masked."""
+    parts = urllib.parse.urlsplit(source)
+    secret_query = any(_SECRET_PARAMETER.search(name) for name, _ in urllib.parse.parse_qsl(parts.query))
+    if parts.password or parts.username or secret_query:
+        raise DataError(
+            f"data source {redacted(source)!r}: a URL must not carry credentials (user:password@ or a"
+            " token parameter); they would be recorded with the data; use gs:// with the worker's"
+            " own credentials instead"
+        )
+
+
+def redacted(source: str) -> str:
+    """`source` with any user info and every query value replaced by `***`."""
+    parts = urllib.parse.urlsplit(source)
+    netloc = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
+    query = "&".join(f"{name}=***" for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _download_verified(source: str) -> bytes:

@@ -133,6 +133,26 @@ def test_no_credential_from_the_environment_reaches_logs_or_artifacts(
     fault_ledger.survived("credentials in the worker environment (none leaked)")
 
 
+@pytest.mark.parametrize(
+    ("source", "secret"),
+    [
+        ("https://mnist:FakeLeakTest42@data.example/mnist.npz#sha256=" + "0" * 64, "FakeLeakTest42"),
+        ("https://data.example/mnist.npz?access_token=ya29.a0FakeTokenForLeakTest0123", "FakeToken"),
+    ],
+    ids=["user and password", "token parameter"],
+)
+def test_a_source_url_carrying_credentials_is_refused_without_echoing_them(
+    source: str, secret: str, tmp_path: Path, fault_ledger: FaultLedger
+) -> None:
+    settings = PipelineSettings(source=source, artifacts_uri=str(tmp_path / "artifacts"))
+    with pytest.raises(MnistPipelineError) as error:
+        ingest(settings, "run-credentials-in-url")
+    kind = "source URL carrying credentials"
+    assert_refused(fault_ledger, kind, error.value, "data.example/mnist.npz", "must not carry credentials")
+    assert secret not in str(error.value)
+    assert not (tmp_path / "artifacts").exists()  # nothing recorded
+
+
 def assert_no_secrets(texts: dict[str, str]) -> None:
     """No planted value and nothing shaped like a credential, in any log line or stored object."""
     leaks = [
