@@ -19,6 +19,7 @@ __all__ = [
     "REPO_ROOT",
     "PipelineSettings",
     "TrainConfig",
+    "positive_seconds_from_env",
 ]
 
 CANONICAL_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -62,6 +63,18 @@ class PipelineSettings:
     def validate(self) -> None:
         if self.max_train_images < 0:
             raise ConfigError(f"max_train_images must be 0 (all) or positive, got {self.max_train_images}")
+
+
+def positive_seconds_from_env(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    """A positive duration in seconds from environment variable `name`, `default` when unset."""
+    raw = (os.environ if env is None else env).get(name) or str(default)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"environment variable {name} must be a positive number, got {raw!r}")
+    return seconds
 
 
 def _int_from_env(env: Mapping[str, str], name: str, default: int) -> int:

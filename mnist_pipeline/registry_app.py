@@ -16,7 +16,6 @@ never a stack trace; the traceback goes to the api-server's log.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -24,8 +23,8 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.errors import ConfigError, MnistPipelineError, RegistryError
+from mnist_pipeline.config import PipelineSettings, positive_seconds_from_env
+from mnist_pipeline.errors import MnistPipelineError, RegistryError
 from mnist_pipeline.history import list_events
 from mnist_pipeline.model_card import MODEL_CARD_FILE
 from mnist_pipeline.registry import ModelRegistry, VersionRef
@@ -72,14 +71,7 @@ class VersionNotFoundError(RegistryError):
 
 
 def page_timeout() -> float:
-    raw = os.environ.get(PAGE_TIMEOUT_ENV) or str(DEFAULT_PAGE_TIMEOUT_S)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"environment variable {PAGE_TIMEOUT_ENV} must be a positive number, got {raw!r}")
-    return seconds
+    return positive_seconds_from_env(PAGE_TIMEOUT_ENV, DEFAULT_PAGE_TIMEOUT_S)
 
 
 def open_registry() -> ModelRegistry:

@@ -24,7 +24,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from mnist_pipeline.errors import ConfigError, StorageError
+from mnist_pipeline.config import positive_seconds_from_env
+from mnist_pipeline.errors import StorageError
 
 __all__ = [
     "DEFAULT_RETRY_DEADLINE_S",
@@ -43,14 +44,7 @@ DEFAULT_RETRY_DEADLINE_S = 120.0
 
 def retry_deadline(env: Mapping[str, str] | None = None) -> float:
     """Seconds a GCS call keeps retrying transient failures: `MNIST_STORAGE_RETRY_DEADLINE`."""
-    raw = (os.environ if env is None else env).get(RETRY_DEADLINE_ENV) or str(DEFAULT_RETRY_DEADLINE_S)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"environment variable {RETRY_DEADLINE_ENV} must be a positive number, got {raw!r}")
-    return seconds
+    return positive_seconds_from_env(RETRY_DEADLINE_ENV, DEFAULT_RETRY_DEADLINE_S, env)
 
 
 class Storage(ABC):
