@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.storage import GcsStorage, open_storage
+from tests.trained_runs import evaluate_runs
 
 __all__ = [
     "FAULT_RUNS",
@@ -146,15 +147,8 @@ def fault_gcs(
 @pytest.fixture(scope="session")
 def fault_runs(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
     """An artifacts store holding FAULT_RUNS, each ingested, trained and evaluated."""
-    from mnist_pipeline.pipeline import evaluate, ingest, train
-
     artifacts = str(tmp_path_factory.mktemp("fault-artifacts"))
-    evaluations = {}
-    for run_id, (model, images, epochs) in FAULT_RUNS.items():
-        settings = PipelineSettings(source=str(mnist_npz), artifacts_uri=artifacts, max_train_images=images)
-        snapshot = ingest(settings, run_id)
-        training = train(model, snapshot, TrainConfig(epochs=epochs), settings, run_id)
-        evaluations[run_id] = evaluate(training, settings)
+    evaluations = evaluate_runs(artifacts, mnist_npz, FAULT_RUNS)
     return {"artifacts": artifacts, "evaluations": evaluations, "source": str(mnist_npz)}
 
 

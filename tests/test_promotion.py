@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.gate import GateConfig, judge, mcnemar_exact
 from mnist_pipeline.history import list_events
 from mnist_pipeline.operations import promote_version, rollback
-from mnist_pipeline.pipeline import evaluate, ingest, run_key, train
+from mnist_pipeline.pipeline import run_key
 from mnist_pipeline.promotion import PromotionOptions, promote
 from mnist_pipeline.registry import ModelRegistry, VersionRef
 from mnist_pipeline.serving import ServingCheckError
 from mnist_pipeline.storage import open_storage
+from tests.trained_runs import evaluate_runs
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +33,7 @@ RUNS = {"run-good": ("dnn", 6000, 2), "run-other": ("dnn", 5000, 2), "run-weak":
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
     artifacts = str(tmp_path_factory.mktemp("artifacts"))
-    evaluations = {}
-    for run_id, (model, images, epochs) in RUNS.items():
-        settings = PipelineSettings(source=str(mnist_npz), artifacts_uri=artifacts, max_train_images=images)
-        snapshot = ingest(settings, run_id)
-        training = train(model, snapshot, TrainConfig(epochs=epochs), settings, run_id)
-        evaluations[run_id] = evaluate(training, settings)
+    evaluations = evaluate_runs(artifacts, mnist_npz, RUNS)
     return {"artifacts": artifacts, "evaluations": evaluations}
 
 
