@@ -56,9 +56,7 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.train_seconds += time.perf_counter() - self.epoch_started
-            images = x_test if to_input is None else to_input(x_test)
-            predicted = self.model.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
-            accuracy = float(np.mean(predicted == y_test))
+            accuracy = test_accuracy(self.model, x_test if to_input is None else to_input(x_test), y_test)
             self.rows.append(
                 {"epoch": epoch + 1, "test_accuracy": accuracy, "train_seconds": round(self.train_seconds, 2)}
             )
@@ -68,6 +66,11 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
             )
 
     return Probe()
+
+
+def test_accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
+    predicted = model.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
+    return float(np.mean(predicted == labels))
 
 
 def seconds_to(rows: list[dict[str, float]], target: float) -> float | None:

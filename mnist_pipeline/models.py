@@ -36,6 +36,9 @@ class ModelConfig:
     epochs: int = 10
     batch_size: int = 128  # per replica
     learning_rate: float = 1e-3
+    # Steps the weights are averaged over (an exponential moving average the model is validated
+    # and exported with); 0 trains and ships the raw weights.
+    ema_horizon_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,12 @@ class DnnConfig(ModelConfig):
 
 @dataclass(frozen=True)
 class CnnConfig(ModelConfig):
-    """Conv(3x3, same) -> batch norm -> ReLU -> max-pool blocks, then dense + dropout."""
+    """Conv(3x3, same) -> ReLU -> max-pool blocks, then dense + dropout."""
 
-    # Augmented images need more passes: 99.50% test accuracy after 15 epochs on full MNIST,
+    # Augmented images need more passes: 99.59% test accuracy after 15 epochs on full MNIST,
     # against 99.36% after 8 epochs without augmentation (where more epochs only overfit).
     epochs: int = 15
-    # With batch norm the net takes a higher rate; cosine decay (training.py) settles it.
+    # Warm-up then cosine decay (training.py) let Adam start high and settle the weights at the end.
     # (0.5 dropout with a constant 1e-3 rate stalled near 98.8% validation accuracy.)
     learning_rate: float = 2e-3
     filters: tuple[int, ...] = (32, 64)
@@ -75,6 +78,9 @@ class CnnConfig(ModelConfig):
     # by a few degrees, so the net learns that instead of memorising positions.
     max_shift: float = 0.08  # fraction of the image: about 2 pixels
     max_rotation: float = 0.03  # fraction of a full turn: about 11 degrees
+    # Averaging the last ~100 steps' weights smooths out the high-rate jitter of the early epochs:
+    # 99.05% test accuracy after 2 epochs against 98.85% for the raw weights, and 99.34% after 3.
+    ema_horizon_steps: int = 100
 
 
 def _inputs() -> tuple[Any, Any]:
@@ -117,10 +123,9 @@ def build_cnn(config: CnnConfig) -> keras.Model:
     x = keras.layers.Reshape((28, 28, 1))(x)
     x = _augmentation(config)(x)
     for filters in config.filters:
-        # Batch norm lets the net train at a higher effective rate: fewer epochs to 99%.
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.Activation("relu")(x)
+        # No batch norm: Keras' BatchNormalization is not fused on TensorFlow's CPU path and took an
+        # epoch from 12 s to 19 s on two cores, for no accuracy once the weights are averaged.
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(config.dense_units, activation="relu")(x)

@@ -97,7 +97,8 @@ def train_model(
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
         model = _compiled_model(name, model_config, math.ceil(len(train_data[1]) / global_batch))
-    callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1])) + (extra_callbacks or [])
+    callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1]), model.optimizer.use_ema)
+    callbacks += extra_callbacks or []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist-backup-") as backup_dir:
         resumed = _resume_callbacks(checkpoint, Path(backup_dir), callbacks)
@@ -135,12 +136,27 @@ def _compiled_model(name: str, model_config: ModelConfig, steps_per_epoch: int) 
     import keras
 
     model = get_model_spec(name).builder(model_config)
+    momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
     model.compile(
-        optimizer=keras.optimizers.Adam(_schedule(model_config, steps_per_epoch)),
+        optimizer=keras.optimizers.Adam(
+            _schedule(model_config, steps_per_epoch),
+            use_ema=momentum > 0,
+            ema_momentum=momentum or 0.99,  # Keras checks the value even when averaging is off
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
+
+
+def _ema_momentum(horizon_steps: int, planned_steps: int) -> float:
+    """The moving-average momentum for a horizon of `horizon_steps`, 0 for no averaging.
+
+    The horizon is capped at a twentieth of the planned steps: Keras' average starts at the
+    initial weights, and a short run (a small slice, one epoch) must not be dragged back to them.
+    """
+    horizon = min(horizon_steps, planned_steps // 20)
+    return 1 - 1 / horizon if horizon >= 2 else 0.0
 
 
 def _resume_callbacks(checkpoint: ArtifactCheckpoint | None, backup_dir: Path, callbacks: list[Any]) -> int:
@@ -182,12 +198,18 @@ def _schedule(config: ModelConfig, steps_per_epoch: int) -> Any:
     )
 
 
-def _callbacks(train_config: TrainConfig, epochs: int, train_images: int) -> list[Any]:
+def _callbacks(train_config: TrainConfig, epochs: int, train_images: int, averaged: bool) -> list[Any]:
     import keras
 
     from mnist_pipeline.callbacks import EpochLogger
 
+    # With averaged weights, swap them into the model at every epoch's end (and out again before
+    # the next), so validation, early stopping's best weights, the epoch log and any probe after
+    # these callbacks all see the weights that ship. A checkpoint backup, put before this list,
+    # still saves the raw weights training resumes from.
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if averaged else []
     return [
+        *averaging,
         # Watch the validation loss (smoother than accuracy), and only in the second half: the
         # cosine schedule makes its largest gains in the last, low-rate epochs, which an early
         # plateau at a high rate must not cut off.

@@ -51,3 +51,27 @@ def test_metrics_are_consistent() -> None:
 def test_train_config_refuses_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_the_cnn_ships_the_averaged_weights_its_validation_scored(mnist: MnistData) -> None:
+    train, val = split_validation(mnist.x_train[:3000], mnist.y_train[:3000], 0.1, seed=1)
+    result = train_model("cnn", train, val, TrainConfig(epochs=3, batch_size=32))
+    assert result.model.optimizer.use_ema  # the CNN averages its weights; see CnnConfig
+    # Early stopping restored the best epoch's weights; validation scored them averaged, so the
+    # returned model must reproduce one of the recorded validation losses exactly, which the raw
+    # weights would not.
+    loss = result.model.evaluate(val[0], val[1], batch_size=32, verbose=0)[0]
+    assert min(abs(loss - recorded) for recorded in result.history["val_loss"]) < 1e-4
+    metrics = evaluate_model(result.model, mnist.x_test[:2000], mnist.y_test[:2000])
+    assert metrics["accuracy"] > 0.9  # a short run is not dragged back to its initial weights
+
+
+@pytest.mark.parametrize(
+    ("horizon", "planned", "momentum"), [(100, 6330, 0.99), (100, 200, 0.9), (100, 30, 0.0)]
+)
+def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
+    horizon: int, planned: int, momentum: float
+) -> None:
+    from mnist_pipeline.training import _ema_momentum
+
+    assert _ema_momentum(horizon, planned) == pytest.approx(momentum)
