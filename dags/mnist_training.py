@@ -33,6 +33,7 @@ from airflow.sdk import (
     task_group,
 )
 
+from mnist_pipeline.config import PRECISIONS
 from mnist_pipeline.incoming import NEW_DATA_ASSET_NAME
 from mnist_pipeline.models import MODEL_NAMES, MODELS
 from mnist_pipeline.workers import train_pool, train_queue
@@ -112,6 +113,14 @@ PARAMS = {
         description="Empty keeps each model's default (cosine decay after a short warm-up).",
         section="Training",
     ),
+    "precision": Param(
+        "auto",
+        type="string",
+        enum=list(PRECISIONS),
+        title="Precision",
+        description="auto: mixed_float16 on GPU workers, float32 on CPU ones; or force a Keras dtype policy.",
+        section="Training",
+    ),
     "max_train_images": Param(
         0,
         type="integer",
@@ -172,6 +181,7 @@ def _train_config(model_name: str) -> Any:
         epochs=params[f"{model_name}_epochs"] or params["epochs"],
         batch_size=params[f"{model_name}_batch_size"] or params["batch_size"],
         learning_rate=params["learning_rate"],
+        precision=params.get("precision", "auto"),  # absent from runs triggered before it existed
     )
 
 

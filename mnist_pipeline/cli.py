@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
+    train.add_argument("--precision", default="auto", help="auto (mixed_float16 on GPU), float32, ...")
     steps.add_parser("evaluate", help="evaluate one trained model on the test set").add_argument("model")
     promote = steps.add_parser("promote", help="gate the run's best model and promote it if it wins")
     promote.add_argument("--force", action="store_true", help="bypass the gate (recorded as forced)")
@@ -87,7 +88,12 @@ def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
     if args.step == "ingest":
         return _json(pipeline.ingest(settings, args.run_id))
     if args.step == "train":
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            precision=args.precision,
+        )
         snapshot = artifacts.read_json(f"{run}/ingest.json")
         return _json(pipeline.train(args.model, snapshot, config, settings, args.run_id))
     if args.step == "evaluate":

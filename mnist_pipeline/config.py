@@ -16,6 +16,7 @@ from mnist_pipeline.errors import ConfigError
 __all__ = [
     "CANONICAL_MNIST_SHA256",
     "CANONICAL_MNIST_URL",
+    "PRECISIONS",
     "REPO_ROOT",
     "PipelineSettings",
     "TrainConfig",
@@ -87,6 +88,9 @@ def _int_from_env(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How one model trains. `epochs`/`batch_size` of None mean "the model's own default"."""
@@ -97,8 +101,13 @@ class TrainConfig:
     validation_fraction: float = 0.1  # carved from train, never from the fixed 10k test set
     early_stopping_patience: int = 3
     seed: int = 42
+    # A Keras dtype policy, or "auto": mixed_float16 where TensorFlow sees a GPU (tensor cores
+    # multiply float16 several times faster), float32 on CPUs (which emulate float16).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require_positive_or_none("epochs", self.epochs)
         _require_positive_or_none("batch_size", self.batch_size)
         if self.learning_rate is not None and not self.learning_rate > 0:

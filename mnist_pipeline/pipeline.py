@@ -103,6 +103,7 @@ def train(
         "global_batch_size": result.global_batch_size,
         "replicas": result.replicas,
         "devices": result.devices,
+        "precision": result.precision,
         "model_config": asdict(result.model_config),
         "train_config": asdict(train_config),
     }

@@ -107,7 +107,11 @@ def _metadata(training: dict[str, Any], run_id: str) -> dict[str, Any]:
         "seed": training["train_config"]["seed"],
         "airflow_run_id": run_id,
         "trained_at": training["trained_at"],
-        "device": {"replicas": training["replicas"], "devices": training["devices"]},
+        "device": {
+            "replicas": training["replicas"],
+            "devices": training["devices"],
+            "precision": training.get("precision", "float32"),  # absent from older runs' records
+        },
         "library_versions": _library_versions(),
     }
 

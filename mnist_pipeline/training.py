@@ -10,6 +10,8 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
     from mnist_pipeline.checkpointing import ArtifactCheckpoint
 
-__all__ = ["TrainResult", "make_strategy", "resolve_model_config", "train_model"]
+__all__ = ["TrainResult", "make_strategy", "resolve_model_config", "resolve_precision", "train_model"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,29 @@ def make_strategy() -> tf.distribute.Strategy:
     if gpus:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+
+
+def resolve_precision(requested: str) -> str:
+    """The Keras dtype policy for `requested`; "auto" is mixed_float16 on GPUs, float32 otherwise."""
+    import tensorflow as tf
+
+    if requested != "auto":
+        return requested
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+@contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under the policy `name`, then put the process-wide policy back: a worker
+    process trains several models, and the next one must not inherit this one's precision."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
@@ -68,6 +93,7 @@ class TrainResult:
     global_batch_size: int
     replicas: int
     devices: list[str] = field(default_factory=list)
+    precision: str = "float32"  # the Keras dtype policy the model was built with
     resumed_from_epoch: int = 0  # epochs restored from a checkpoint (0: trained from scratch)
 
     @property
@@ -95,9 +121,12 @@ def train_model(
     keras.utils.set_random_seed(train_config.seed)
     strategy = make_strategy()
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
-    with strategy.scope():
-        model = _compiled_model(name, model_config, math.ceil(len(train_data[1]) / global_batch))
-    callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1]), model.optimizer.use_ema)
+    steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
+    precision = resolve_precision(train_config.precision)
+    momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
+    with strategy.scope(), _dtype_policy(precision):
+        model = _compiled_model(name, model_config, steps_per_epoch, momentum)
+    callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1]), averaged=momentum > 0)
     callbacks += extra_callbacks or []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist-backup-") as backup_dir:
@@ -119,6 +148,7 @@ def train_model(
         global_batch_size=global_batch,
         replicas=strategy.num_replicas_in_sync,
         devices=list(strategy.extended.worker_devices),
+        precision=precision,
         resumed_from_epoch=resumed,
     )
 
@@ -131,17 +161,21 @@ def _full_history(fitted: dict[str, list], checkpoint: ArtifactCheckpoint | None
     return {key: [float(v) for v in values] for key, values in fitted.items()}
 
 
-def _compiled_model(name: str, model_config: ModelConfig, steps_per_epoch: int) -> keras.Model:
-    """Build and compile the model; call inside the strategy's scope, so variables are mirrored."""
+def _compiled_model(
+    name: str, model_config: ModelConfig, steps_per_epoch: int, ema_momentum: float
+) -> keras.Model:
+    """Build and compile the model; call inside the strategy's scope, so variables are mirrored.
+
+    Under mixed_float16, `compile` wraps the optimizer in a `LossScaleOptimizer` by itself.
+    """
     import keras
 
     model = get_model_spec(name).builder(model_config)
-    momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
     model.compile(
         optimizer=keras.optimizers.Adam(
             _schedule(model_config, steps_per_epoch),
-            use_ema=momentum > 0,
-            ema_momentum=momentum or 0.99,  # Keras checks the value even when averaging is off
+            use_ema=ema_momentum > 0,
+            ema_momentum=ema_momentum or 0.99,  # Keras checks the value even when averaging is off
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],

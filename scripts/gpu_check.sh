@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A short check for a machine with a GPU: trains each model for a couple of epochs under
-# MirroredStrategy on real MNIST and prints replicas, device names, images/s and test accuracy.
+# A short check for a machine with a GPU: trains the linear model and the DNN for a couple of epochs
+# and the CNN with its defaults, under MirroredStrategy and the "auto" precision (mixed_float16 on
+# GPUs), on real MNIST; prints replicas, precision, devices, images/s, test accuracy and the CNN's
+# training seconds to 99.2% test accuracy (measured after every epoch).
 #
 #   MNIST_SOURCE=../shared/data/mnist.npz scripts/gpu_check.sh [epochs]
 #
@@ -16,6 +18,9 @@ import sys
 
 import tensorflow as tf
 
+sys.path.insert(0, "benchmarks")
+from _common import make_probe, seconds_to
+
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data import load_mnist, split_validation
 from mnist_pipeline.evaluation import evaluate_model
@@ -28,15 +33,22 @@ print(f"TensorFlow {tf.__version__}, built with CUDA: {tf.test.is_built_with_cud
 if not gpus:
     sys.exit("no GPU visible to TensorFlow: this is not a GPU check")
 data = load_mnist(PipelineSettings.from_env().source)
-config = TrainConfig(epochs=epochs)
-train_split, val_split = split_validation(data.x_train, data.y_train, config.validation_fraction, config.seed)
-print(f"{'model':8} {'replicas':>8} {'epochs':>6} {'images/s':>9} {'test acc':>8}  devices")
+train_split, val_split = split_validation(data.x_train, data.y_train, 0.1, TrainConfig().seed)
+probe = make_probe(data.x_test, data.y_test)
+rows = []
 for name in MODEL_NAMES:
-    result = train_model(name, train_split, val_split, config)
+    config = TrainConfig(epochs=None if name == "cnn" else epochs)
+    callbacks = [probe] if name == "cnn" else []
+    result = train_model(name, train_split, val_split, config, extra_callbacks=callbacks)
     images_per_s = result.epochs_run * len(train_split[1]) / result.train_seconds
     accuracy = evaluate_model(result.model, data.x_test, data.y_test)["accuracy"]
+    rows.append((name, result, images_per_s, accuracy))
+print(f"{'model':8} {'replicas':>8} {'precision':>14} {'epochs':>6} {'images/s':>9} {'test acc':>8}  devices")
+for name, result, images_per_s, accuracy in rows:
     print(
-        f"{name:8} {result.replicas:>8} {result.epochs_run:>6} {images_per_s:>9.0f} {accuracy:>8.4f}"
-        f"  {', '.join(result.devices)}"
+        f"{name:8} {result.replicas:>8} {result.precision:>14} {result.epochs_run:>6} {images_per_s:>9.0f}"
+        f" {accuracy:>8.4f}  {', '.join(result.devices)}"
     )
+reached = seconds_to(probe.rows, 0.992)
+print(f"cnn: training seconds to 99.2% test accuracy: {reached if reached is not None else 'never'} (target <= 10)")
 PY

@@ -46,7 +46,14 @@ def test_metrics_are_consistent() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("epochs", 0), ("batch_size", -1), ("batch_size", 1.5), ("learning_rate", 0.0)]
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("batch_size", -1),
+        ("batch_size", 1.5),
+        ("learning_rate", 0.0),
+        ("precision", "float16"),
+    ],
 )
 def test_train_config_refuses_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
@@ -75,3 +82,27 @@ def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
     from mnist_pipeline.training import _ema_momentum
 
     assert _ema_momentum(horizon, planned) == pytest.approx(momentum)
+
+
+def test_auto_precision_is_float32_without_a_gpu() -> None:
+    import tensorflow as tf
+
+    from mnist_pipeline.training import resolve_precision
+
+    expected = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    assert resolve_precision("auto") == expected and resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+
+
+def test_mixed_precision_trains_in_float16_and_answers_in_float32(mnist: MnistData) -> None:
+    import keras
+
+    train, val = split_validation(mnist.x_train[:2000], mnist.y_train[:2000], 0.1, seed=1)
+    result = train_model("cnn", train, val, TrainConfig(epochs=2, batch_size=32, precision="mixed_float16"))
+    conv = next(layer for layer in result.model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert result.precision == "mixed_float16" and conv.compute_dtype == "float16"
+    assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    probabilities = result.model.predict(mnist.x_test[:500], verbose=0)
+    assert probabilities.dtype == np.float32  # the softmax stays float32 (models._softmax)
+    assert evaluate_model(result.model, mnist.x_test[:2000], mnist.y_test[:2000])["accuracy"] > 0.8
+    # The process-wide policy is back, so the next model trained in this worker is float32.
+    assert keras.config.dtype_policy().name == "float32"
