@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.data import MnistData, split_validation
 from mnist_pipeline.errors import ConfigError, StorageError
 from mnist_pipeline.registry import ModelRegistry, VersionRef
 from mnist_pipeline.storage import DEFAULT_RETRY_DEADLINE_S, open_storage, retry_deadline
@@ -75,3 +76,33 @@ def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None
     assert json.loads((fresh / "training_metadata.json").read_text())["epoch"] == 3
     assert ArtifactCheckpoint(store, "runs/r/dnn/checkpoint", {"data_hash": "b"}).restore(tmp_path / "x") == 0
     assert store.list_keys("runs/r/dnn/checkpoint/") == []  # the foreign checkpoint is gone
+
+
+def test_an_interrupted_cnn_resumes_with_its_averaged_weights(tmp_path: Path, mnist: MnistData) -> None:
+    import keras
+
+    from mnist_pipeline.checkpointing import ArtifactCheckpoint
+    from mnist_pipeline.config import TrainConfig
+    from mnist_pipeline.evaluation import evaluate_model
+    from mnist_pipeline.training import train_model
+
+    class CrashAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch == 1:
+                raise RuntimeError("worker lost")
+
+    store, config = open_storage(str(tmp_path / "artifacts")), TrainConfig(epochs=4, batch_size=32)
+    train, val = split_validation(mnist.x_train[:2000], mnist.y_train[:2000], 0.1, seed=1)
+
+    def checkpoint() -> ArtifactCheckpoint:
+        return ArtifactCheckpoint(store, "runs/r/cnn/checkpoint", {"data_hash": "a"})
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_model("cnn", train, val, config, [CrashAfterSecondEpoch()], checkpoint())
+    result = train_model("cnn", train, val, config, checkpoint=checkpoint())
+    assert result.resumed_from_epoch == 2 and result.epochs_run == 4
+    assert result.model.optimizer.use_ema and len(result.history["val_loss"]) == 4
+    # What ships is still the averaged weights validation scored, across the resume.
+    loss = result.model.evaluate(val[0], val[1], batch_size=32, verbose=0)[0]
+    assert min(abs(loss - recorded) for recorded in result.history["val_loss"]) < 1e-4
+    assert evaluate_model(result.model, mnist.x_test[:2000], mnist.y_test[:2000])["accuracy"] > 0.9
