@@ -44,6 +44,8 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
     """
     import keras
 
+    from mnist_pipeline.evaluation import evaluate_model
+
     class Probe(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
@@ -56,7 +58,8 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.train_seconds += time.perf_counter() - self.epoch_started
-            accuracy = test_accuracy(self.model, x_test if to_input is None else to_input(x_test), y_test)
+            images = x_test if to_input is None else to_input(x_test)
+            accuracy = evaluate_model(self.model, images, y_test)["accuracy"]
             self.rows.append(
                 {"epoch": epoch + 1, "test_accuracy": accuracy, "train_seconds": round(self.train_seconds, 2)}
             )
@@ -66,11 +69,6 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
             )
 
     return Probe()
-
-
-def test_accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
-    predicted = model.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
-    return float(np.mean(predicted == labels))
 
 
 def seconds_to(rows: list[dict[str, float]], target: float) -> float | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import make_probe, mnist_source, seconds_to, test_accuracy, write_result
+from _common import make_probe, mnist_source, seconds_to, write_result
 
 TARGETS = (0.990, 0.992)
 
@@ -33,6 +33,8 @@ def train_reference() -> dict:
     """keras-io `mnist_convnet`: Conv32-pool-Conv64-pool-Dropout-Dense, Adam, batch 128, 15 epochs."""
     import keras
     import numpy as np
+
+    from mnist_pipeline.evaluation import evaluate_model
 
     keras.utils.set_random_seed(42)
     data = np.load(mnist_source())
@@ -61,7 +63,7 @@ def train_reference() -> dict:
         verbose=0,
         callbacks=[probe],
     )
-    returned = test_accuracy(model, to_input(data["x_test"]), data["y_test"])
+    returned = evaluate_model(model, to_input(data["x_test"]), data["y_test"])["accuracy"]
     return {"epochs": probe.rows, "returned_accuracy": returned}
 
 
@@ -71,6 +73,7 @@ def train_ours(epochs: int | None = None) -> dict:
     best), so its accuracy is measured apart from the last epoch's."""
     from mnist_pipeline.config import TrainConfig
     from mnist_pipeline.data import load_mnist, split_validation
+    from mnist_pipeline.evaluation import evaluate_model
     from mnist_pipeline.training import train_model
 
     data = load_mnist(mnist_source())
@@ -78,7 +81,8 @@ def train_ours(epochs: int | None = None) -> dict:
     train, val = split_validation(data.x_train, data.y_train, config.validation_fraction, config.seed)
     probe = make_probe(data.x_test, data.y_test)
     result = train_model("cnn", train, val, config, extra_callbacks=[probe])
-    return {"epochs": probe.rows, "returned_accuracy": test_accuracy(result.model, data.x_test, data.y_test)}
+    returned = evaluate_model(result.model, data.x_test, data.y_test)["accuracy"]
+    return {"epochs": probe.rows, "returned_accuracy": returned}
 
 
 def run_worker(kind: str, ours_epochs: int | None) -> dict:

@@ -33,7 +33,10 @@ print(f"TensorFlow {tf.__version__}, built with CUDA: {tf.test.is_built_with_cud
 if not gpus:
     sys.exit("no GPU visible to TensorFlow: this is not a GPU check")
 data = load_mnist(PipelineSettings.from_env().source)
-train_split, val_split = split_validation(data.x_train, data.y_train, 0.1, TrainConfig().seed)
+defaults = TrainConfig()
+train_split, val_split = split_validation(
+    data.x_train, data.y_train, defaults.validation_fraction, defaults.seed
+)
 probe = make_probe(data.x_test, data.y_test)
 rows = []
 for name in MODEL_NAMES:

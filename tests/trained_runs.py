@@ -1,11 +1,14 @@
-"""Small real runs for tests: each ingested, trained and evaluated into one artifacts store."""
+"""Small real runs for tests, and what every trained model must satisfy."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
+
+if TYPE_CHECKING:
+    from mnist_pipeline.training import TrainResult
 
 
 def evaluate_runs(artifacts: str, source: Path, runs: dict[str, tuple[str, int, int]]) -> dict[str, Any]:
@@ -19,3 +22,13 @@ def evaluate_runs(artifacts: str, source: Path, runs: dict[str, tuple[str, int, 
         training = train(model, snapshot, TrainConfig(epochs=epochs), settings, run_id)
         evaluations[run_id] = evaluate(training, settings)
     return evaluations
+
+
+def assert_ships_the_weights_validation_scored(
+    result: TrainResult, val: tuple[Any, Any], batch_size: int
+) -> None:
+    """Early stopping restored the best epoch's weights and, for a model that averages its weights,
+    validation scored the averaged ones: the returned model must reproduce one of the recorded
+    validation losses exactly, which the raw weights would not."""
+    loss = result.model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0)[0]
+    assert min(abs(loss - recorded) for recorded in result.history["val_loss"]) < 1e-4
