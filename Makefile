@@ -10,7 +10,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.local/airflow \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -27,9 +27,14 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks scripts
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
 
+# Skips the tests that train models or run the DAG end to end.
+test-fast: lint
+	$(BIN)/pytest -m "not slow"
+
 clean:
-	rm -rf .local .pytest_cache .ruff_cache
+	rm -rf .local .pytest_cache .ruff_cache .import_linter_cache

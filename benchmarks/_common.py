@@ -44,7 +44,7 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
     """
     import keras
 
-    from mnist_pipeline.evaluation import evaluate_model
+    from mnist_pipeline.evaluation.metrics import evaluate_model
 
     class Probe(keras.callbacks.Callback):
         def __init__(self) -> None:

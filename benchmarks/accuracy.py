@@ -25,9 +25,9 @@ TARGETS = {
 
 def main() -> None:
     from mnist_pipeline.config import TrainConfig
-    from mnist_pipeline.data import load_mnist, split_validation
-    from mnist_pipeline.evaluation import evaluate_model
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.data.mnist import load_mnist, split_validation
+    from mnist_pipeline.evaluation.metrics import evaluate_model
+    from mnist_pipeline.training.trainer import train_model
 
     data = load_mnist(mnist_source())
     config = TrainConfig()

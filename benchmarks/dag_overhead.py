@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BARE = (
     "import sys; from mnist_pipeline.config import PipelineSettings, TrainConfig; "
-    "from mnist_pipeline.pipeline import ingest, train, evaluate; "
+    "from mnist_pipeline.steps import ingest, train, evaluate; "
     "s = PipelineSettings.from_env(); snap = ingest(s, 'bare'); "
     "evaluate(train(sys.argv[1], snap, TrainConfig(), s, 'bare'), s)"
 )

@@ -34,7 +34,7 @@ def train_reference() -> dict:
     import keras
     import numpy as np
 
-    from mnist_pipeline.evaluation import evaluate_model
+    from mnist_pipeline.evaluation.metrics import evaluate_model
 
     keras.utils.set_random_seed(42)
     data = np.load(mnist_source())
@@ -72,9 +72,9 @@ def train_ours(epochs: int | None = None) -> dict:
     training function. Its returned model can be an earlier epoch's (early stopping restores the
     best), so its accuracy is measured apart from the last epoch's."""
     from mnist_pipeline.config import TrainConfig
-    from mnist_pipeline.data import load_mnist, split_validation
-    from mnist_pipeline.evaluation import evaluate_model
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.data.mnist import load_mnist, split_validation
+    from mnist_pipeline.evaluation.metrics import evaluate_model
+    from mnist_pipeline.training.trainer import train_model
 
     data = load_mnist(mnist_source())
     config = TrainConfig(epochs=epochs)

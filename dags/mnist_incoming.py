@@ -16,22 +16,22 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Asset, get_current_context, task
 
-from mnist_pipeline.incoming import NEW_DATA_ASSET_NAME
+from mnist_pipeline.data.incoming import NEW_DATA_ASSET_NAME
 
 NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
 
 
 def _artifacts() -> Any:  # a Storage; the library is imported inside tasks only
-    from mnist_pipeline.config import PipelineSettings
+    from mnist_pipeline.config import settings
     from mnist_pipeline.storage import open_storage
 
-    return open_storage(PipelineSettings.from_env().artifacts_uri)
+    return open_storage(settings().artifacts_uri)
 
 
 @task
 def process_shards() -> dict:
     """Claim, validate and place every waiting shard; report what went where."""
-    from mnist_pipeline.incoming import process_incoming
+    from mnist_pipeline.data.incoming import process_incoming
 
     return process_incoming(_artifacts(), get_current_context()["run_id"]).to_dict()
 
@@ -41,9 +41,10 @@ def announce(report: dict) -> dict:
     """Emit the asset event, once enough accepted images wait; skip (no event) below that."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mnist_pipeline.incoming import announce_pending, min_new_images
+    from mnist_pipeline.config import settings
+    from mnist_pipeline.data.incoming import announce_pending
 
-    threshold = min_new_images()
+    threshold = settings().min_new_images
     announcement = announce_pending(_artifacts(), threshold)
     if announcement is None:
         raise AirflowSkipException(f"fewer than {threshold} new accepted images wait; no retraining yet")

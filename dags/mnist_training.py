@@ -7,14 +7,13 @@ fixed 10k test set and promotes the best to the model registry when it beats the
 
 Runs weekly (cron `MNIST_SCHEDULE`), from the trigger form, and when `mnist_incoming` announces
 enough new labelled data. One TaskGroup per model (`train` -> `evaluate`), built in a loop over
-the model registry.
+the table of model architectures.
 XCom carries only URIs, hashes and metrics; the data and models live in the artifacts store
 (`MNIST_ARTIFACTS_URI`) and the registry (`MNIST_REGISTRY_URI`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -33,45 +32,43 @@ from airflow.sdk import (
     task_group,
 )
 
-from mnist_pipeline.config import PRECISIONS
-from mnist_pipeline.incoming import NEW_DATA_ASSET_NAME
-from mnist_pipeline.models import MODEL_NAMES, MODELS
-from mnist_pipeline.workers import train_pool, train_queue
+from mnist_pipeline.config import PRECISIONS, settings
+from mnist_pipeline.data.incoming import NEW_DATA_ASSET_NAME
+from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS
 
 # TensorFlow is never imported here: each task imports the library step it runs.
 
-SCHEDULE_CRON = os.environ.get("MNIST_SCHEDULE") or "0 3 * * 1"  # weekly, Monday 03:00 UTC
+SETTINGS = settings()  # schedule, queue and pool are read when the file is parsed
 NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
 
 
 def _schedule() -> Any:
     """Weekly, or as soon as enough new labelled data has been accepted (mnist_incoming).
     `MNIST_SCHEDULE=none` keeps only the data trigger (and the form)."""
-    if SCHEDULE_CRON.lower() == "none":
+    if SETTINGS.schedule.lower() == "none":
         return [NEW_LABELLED_DATA]
     return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(SCHEDULE_CRON, timezone="UTC"), assets=[NEW_LABELLED_DATA]
+        timetable=CronTriggerTimetable(SETTINGS.schedule, timezone="UTC"), assets=[NEW_LABELLED_DATA]
+    )
+
+
+def _positive_or_empty(title: str, description: str, section: str) -> Param:
+    """An optional positive integer: empty keeps a default, 0 and negatives are refused."""
+    return Param(
+        None, type=["null", "integer"], minimum=1, title=title, description=description, section=section
     )
 
 
 def _model_params(name: str) -> dict[str, Param]:
     spec = MODELS[name].config()
     return {
-        f"{name}_epochs": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            title=f"{name}: epochs",
-            description=f"Empty: the global epochs if set, else {spec.epochs}.",
-            section="Models",
+        f"{name}_epochs": _positive_or_empty(
+            f"{name}: epochs", f"Empty: the global epochs if set, else {spec.epochs}.", "Models"
         ),
-        f"{name}_batch_size": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            title=f"{name}: batch size per replica",
-            description=f"Empty: the global batch size if set, else {spec.batch_size}.",
-            section="Models",
+        f"{name}_batch_size": _positive_or_empty(
+            f"{name}: batch size per replica",
+            f"Empty: the global batch size if set, else {spec.batch_size}.",
+            "Models",
         ),
     }
 
@@ -84,25 +81,19 @@ PARAMS = {
         uniqueItems=True,
         minItems=1,
         title="Models",
-        description="Which registered models to train; the others are skipped.",
+        description="Which models to train; the others are skipped.",
         section="Models",
     ),
     **{key: param for name in MODEL_NAMES for key, param in _model_params(name).items()},
-    "epochs": Param(
-        None,
-        type=["null", "integer"],
-        minimum=1,
-        title="Epochs (all models)",
-        description="Epochs for every model without its own; empty keeps each model's default.",
-        section="Training",
+    "epochs": _positive_or_empty(
+        "Epochs (all models)",
+        "Epochs for every model without its own; empty keeps each model's default.",
+        "Training",
     ),
-    "batch_size": Param(
-        None,
-        type=["null", "integer"],
-        minimum=1,
-        title="Batch size per replica (all models)",
-        description="Empty keeps each model's default; the global batch is this times the replicas.",
-        section="Training",
+    "batch_size": _positive_or_empty(
+        "Batch size per replica (all models)",
+        "Empty keeps each model's default; the global batch is this times the replicas.",
+        "Training",
     ),
     "learning_rate": Param(
         None,
@@ -164,12 +155,8 @@ PARAMS = {
 
 
 def _settings() -> Any:
-    from mnist_pipeline.config import PipelineSettings
-
     params = get_current_context()["params"]
-    return PipelineSettings.from_env().with_overrides(
-        max_train_images=params["max_train_images"], source=params["source"]
-    )
+    return settings().with_overrides(max_train_images=params["max_train_images"], source=params["source"])
 
 
 def _train_config(model_name: str) -> Any:
@@ -205,35 +192,39 @@ def _no_retry_on_bad_input() -> Iterator[None]:
 
 @task
 def ingest() -> dict:
-    from mnist_pipeline.pipeline import ingest as ingest_step
+    from mnist_pipeline import steps
 
     with _no_retry_on_bad_input():
-        return ingest_step(_settings(), _run_id())
+        return steps.ingest(_settings(), _run_id()).to_dict()
 
 
 @task
 def train(model_name: str, snapshot: dict) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mnist_pipeline.pipeline import train as train_step
+    from mnist_pipeline import steps
+    from mnist_pipeline.data.snapshot import SnapshotInfo
 
     if model_name not in get_current_context()["params"]["models"]:
         raise AirflowSkipException(f"model {model_name!r} is not selected for this run")
     with _no_retry_on_bad_input():
-        return train_step(model_name, snapshot, _train_config(model_name), _settings(), _run_id())
+        info = SnapshotInfo.from_dict(snapshot, "the ingest task's XCom")
+        return steps.train(model_name, info, _train_config(model_name), _settings(), _run_id()).to_dict()
 
 
 @task
 def evaluate(training: dict) -> dict:
-    from mnist_pipeline.pipeline import evaluate as evaluate_step
+    from mnist_pipeline import steps
+    from mnist_pipeline.training.record import TrainingRecord
 
     with _no_retry_on_bad_input():
-        return evaluate_step(training, _settings())
+        record = TrainingRecord.from_dict(training, "the train task's XCom")
+        return steps.evaluate(record, _settings()).to_dict()
 
 
 def _promotion_options() -> Any:
-    from mnist_pipeline.gate import GateConfig
-    from mnist_pipeline.promotion import PromotionOptions
+    from mnist_pipeline.registry.gate import GateConfig
+    from mnist_pipeline.registry.promotion import PromotionOptions
 
     context = get_current_context()
     params = context["params"]
@@ -254,17 +245,19 @@ def _trigger_kind(context: Any) -> str:
 
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 def promote(evaluations: list[dict | None]) -> dict:
-    from mnist_pipeline.promotion import promote as promote_step
+    from mnist_pipeline import steps
+    from mnist_pipeline.evaluation.record import EvaluationRecord
 
     with _no_retry_on_bad_input():
-        return promote_step([e for e in evaluations if e], _settings(), _run_id(), _promotion_options())
+        records = [EvaluationRecord.from_dict(e, "an evaluate task's XCom") for e in evaluations if e]
+        return steps.promote(records, _settings(), _run_id(), _promotion_options()).to_dict()
 
 
 @task_group
 def model_group(model_name: str, snapshot: dict) -> Any:
-    """Train one registered model (on the training queue and pool: the GPU workers), then
-    evaluate it on the fixed test set (on any worker)."""
-    training = train.override(queue=train_queue(), pool=train_pool())(model_name, snapshot)
+    """Train one model (on the training queue and pool: the GPU workers), then evaluate it on the
+    fixed test set (on any worker)."""
+    training = train.override(queue=SETTINGS.train_queue, pool=SETTINGS.train_pool)(model_name, snapshot)
     return evaluate(training)
 
 

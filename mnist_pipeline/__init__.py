@@ -14,7 +14,7 @@ from mnist_pipeline.errors import (
     StorageError,
     UnknownModelError,
 )
-from mnist_pipeline.models import MODEL_NAMES, build_model, get_model_spec
+from mnist_pipeline.training.architectures import MODEL_NAMES, build_model, get_model_spec
 
 __all__ = [
     "MODEL_NAMES",

@@ -1,14 +1,20 @@
-"""Typed settings with defaults, read from the environment where the issue names a variable.
+"""Every setting of the pipeline, read from the environment and validated in one place.
 
-`PipelineSettings` says where things live (data source, registry, artifacts); `TrainConfig` says how
-one model trains. Model architectures have their own configs in `models.py`.
+`PipelineSettings` holds every `MNIST_*` variable (where data lives, how the DAGs are scheduled and
+routed, how long storage and the registry page may take); `TrainConfig` says how one model trains.
+Model architectures have their own configs in `training/architectures.py`.
+
+Nothing else in the package reads `os.environ` for an `MNIST_*` variable: a bad value is refused
+here, with the variable named, before any step runs.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from mnist_pipeline.errors import ConfigError
@@ -16,76 +22,126 @@ from mnist_pipeline.errors import ConfigError
 __all__ = [
     "CANONICAL_MNIST_SHA256",
     "CANONICAL_MNIST_URL",
+    "ENVIRONMENT_VARIABLES",
     "PRECISIONS",
     "REPO_ROOT",
     "PipelineSettings",
     "TrainConfig",
-    "positive_seconds_from_env",
+    "settings",
 ]
 
 CANONICAL_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 CANONICAL_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def _local_default(name: str) -> str:
     return str(REPO_ROOT / ".local" / name)
 
 
+# field -> environment variable; every field of PipelineSettings has one.
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    "source": "MNIST_SOURCE",
+    "registry_uri": "MNIST_REGISTRY_URI",
+    "artifacts_uri": "MNIST_ARTIFACTS_URI",
+    "max_train_images": "MNIST_MAX_TRAIN_IMAGES",
+    "schedule": "MNIST_SCHEDULE",
+    "min_new_images": "MNIST_MIN_NEW_IMAGES",
+    "train_queue": "MNIST_TRAIN_QUEUE",
+    "train_pool": "MNIST_TRAIN_POOL",
+    "worker_name": "MNIST_WORKER_NAME",
+    "storage_retry_deadline": "MNIST_STORAGE_RETRY_DEADLINE",
+    "stale_upload_seconds": "MNIST_STALE_UPLOAD_SECONDS",
+    "registry_page_timeout": "MNIST_REGISTRY_PAGE_TIMEOUT",
+}
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Where the pipeline reads data and writes models; every field has an environment variable."""
+    """The pipeline's settings; `from_env` reads each field from its `MNIST_*` variable."""
 
-    source: str = CANONICAL_MNIST_URL  # MNIST_SOURCE: https:// URL, local path or gs:// URI
-    registry_uri: str = field(default_factory=lambda: _local_default("registry"))  # MNIST_REGISTRY_URI
-    artifacts_uri: str = field(default_factory=lambda: _local_default("artifacts"))  # MNIST_ARTIFACTS_URI
-    max_train_images: int = 0  # MNIST_MAX_TRAIN_IMAGES: 0 keeps all 60k; small slices for tests
+    source: str = CANONICAL_MNIST_URL  # https:// URL, local path or gs:// URI
+    registry_uri: str = field(default_factory=lambda: _local_default("registry"))
+    artifacts_uri: str = field(default_factory=lambda: _local_default("artifacts"))
+    max_train_images: int = 0  # 0 keeps all 60k; small slices for tests
+    schedule: str = "0 3 * * 1"  # cron of the scheduled runs (UTC); "none": data trigger only
+    min_new_images: int = 1000  # accepted new images that must wait before a retrain is announced
+    train_queue: str = "default"  # Celery queue of the train tasks (Airflow's default queue)
+    train_pool: str = "default_pool"  # Airflow pool of the train tasks (exists everywhere)
+    worker_name: str = ""  # a worker's name in its task instances' host name ("gpu@host")
+    storage_retry_deadline: float = 120.0  # seconds a GCS call keeps retrying transient failures
+    # An uncommitted version untouched this long is a crashed publish's leftover.
+    stale_upload_seconds: float = 3600.0
+    registry_page_timeout: float = 20.0  # seconds the registry page waits before answering 503
+
+    def __post_init__(self) -> None:
+        for name, (check, wanted) in _RULES.items():
+            value = getattr(self, name)
+            if not check(value):
+                raise ConfigError(
+                    f"setting {name} ({ENVIRONMENT_VARIABLES[name]}) must be {wanted}, got {value!r}"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
+        """Every field from its environment variable; unset or empty keeps the default."""
         env = os.environ if env is None else env
-        defaults = cls()
-        settings = cls(
-            source=env.get("MNIST_SOURCE") or defaults.source,
-            registry_uri=env.get("MNIST_REGISTRY_URI") or defaults.registry_uri,
-            artifacts_uri=env.get("MNIST_ARTIFACTS_URI") or defaults.artifacts_uri,
-            max_train_images=_int_from_env(env, "MNIST_MAX_TRAIN_IMAGES", defaults.max_train_images),
-        )
-        settings.validate()
-        return settings
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            variable = ENVIRONMENT_VARIABLES[spec.name]
+            raw = env.get(variable)
+            if raw not in (None, ""):
+                values[spec.name] = _parsed(spec.name, variable, raw)
+        return cls(**values)
 
     def with_overrides(self, **changes: object) -> PipelineSettings:
         """A copy with the non-empty `changes` applied (run parameters override the environment)."""
-        kept = {key: value for key, value in changes.items() if value not in (None, "")}
-        updated = replace(self, **kept)
-        updated.validate()
-        return updated
-
-    def validate(self) -> None:
-        if self.max_train_images < 0:
-            raise ConfigError(f"max_train_images must be 0 (all) or positive, got {self.max_train_images}")
+        return replace(self, **{key: value for key, value in changes.items() if value not in (None, "")})
 
 
-def positive_seconds_from_env(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
-    """A positive duration in seconds from environment variable `name`, `default` when unset."""
-    raw = (os.environ if env is None else env).get(name) or str(default)
+def settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
+    """The settings of this process, read from the environment now (tests change it between calls)."""
+    return PipelineSettings.from_env(env)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _is_plain_name(value: object) -> bool:
+    return isinstance(value, str) and bool(_PLAIN_NAME.match(value))
+
+
+_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "max_train_images": (lambda v: _is_int(v) and v >= 0, "0 (all) or a positive integer"),
+    "min_new_images": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "schedule": (lambda v: isinstance(v, str) and bool(v.strip()), "a cron expression or 'none'"),
+    "train_queue": (_is_plain_name, "a plain name"),
+    "train_pool": (_is_plain_name, "a plain name"),
+    "worker_name": (lambda v: v == "" or _is_plain_name(v), "a plain name"),
+    "storage_retry_deadline": (_is_positive_number, "a positive number"),
+    "stale_upload_seconds": (_is_positive_number, "a positive number"),
+    "registry_page_timeout": (_is_positive_number, "a positive number"),
+}
+
+
+def _parsed(name: str, variable: str, raw: str) -> object:
+    """`raw` as the field's type, checked by its rule; a bad value names the variable."""
+    default = getattr(PipelineSettings(), name)
+    check, wanted = _RULES.get(name, (lambda _: True, ""))
     try:
-        seconds = float(raw)
+        value = type(default)(raw)
     except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"environment variable {name} must be a positive number, got {raw!r}")
-    return seconds
-
-
-def _int_from_env(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+        value = None
+    if value is None or not check(value):
+        kind = "an integer" if isinstance(default, int) and value is None else wanted
+        raise ConfigError(f"environment variable {variable} must be {kind}, got {raw!r}")
+    return value
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

@@ -25,7 +25,7 @@ class ConfigError(MnistPipelineError, ValueError):
 
 
 class UnknownModelError(ConfigError, KeyError):
-    """A model name is not in the model registry."""
+    """A model name is not in the table of architectures."""
 
     def __str__(self) -> str:  # KeyError would repr() the message; keep it readable.
         return str(self.args[0]) if self.args else ""

@@ -8,6 +8,9 @@ Every GCS call retries transient failures (connection errors, 429/5xx) with expo
 until a deadline, through google-cloud-storage's own retry policies: `MNIST_STORAGE_RETRY_DEADLINE`
 seconds (default 120). A storage outage shorter than that is survived; a longer one raises
 `StorageError` naming the object.
+
+`compare_and_swap` is the one read-decide-write loop every shared object (the champion pointer,
+the incoming ledger) is updated through.
 """
 
 from __future__ import annotations
@@ -19,32 +22,32 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mnist_pipeline.config import positive_seconds_from_env
+from mnist_pipeline.config import settings
 from mnist_pipeline.errors import StorageError
 
 __all__ = [
-    "DEFAULT_RETRY_DEADLINE_S",
-    "RETRY_DEADLINE_ENV",
+    "CAS_ATTEMPTS",
     "GcsStorage",
     "LocalStorage",
     "Storage",
+    "compare_and_swap",
     "open_storage",
     "retry_deadline",
     "split_gs_uri",
 ]
 
-RETRY_DEADLINE_ENV = "MNIST_STORAGE_RETRY_DEADLINE"
-DEFAULT_RETRY_DEADLINE_S = 120.0
+CAS_ATTEMPTS = 5  # read-decide-write rounds before giving up on an object other writers keep moving
+_Result = TypeVar("_Result")
 
 
-def retry_deadline(env: Mapping[str, str] | None = None) -> float:
+def retry_deadline() -> float:
     """Seconds a GCS call keeps retrying transient failures: `MNIST_STORAGE_RETRY_DEADLINE`."""
-    return positive_seconds_from_env(RETRY_DEADLINE_ENV, DEFAULT_RETRY_DEADLINE_S, env)
+    return settings().storage_retry_deadline
 
 
 class Storage(ABC):
@@ -338,6 +341,26 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise StorageError(f"{uri!r} names no bucket")
     return bucket, prefix.strip("/")
+
+
+def compare_and_swap(
+    storage: Storage,
+    key: str,
+    decide: Callable[[bytes | None], tuple[bytes | None, _Result]],
+    attempts: int = CAS_ATTEMPTS,
+) -> _Result:
+    """Update `key` from its current bytes until no other writer got in between.
+
+    `decide(current)` (None when absent) returns (new bytes, result): None bytes write nothing and
+    return the result at once; otherwise the bytes are written only if the object is still as it
+    was read, and a lost race calls `decide` again on what the other writer left.
+    """
+    for _ in range(attempts):
+        current, generation = storage.read_versioned(key)
+        payload, result = decide(current)
+        if payload is None or storage.write_if_generation(key, payload, generation):
+            return result
+    raise StorageError(f"{storage.uri(key)} kept changing; gave up after {attempts} attempts")
 
 
 def open_storage(uri: str) -> Storage:

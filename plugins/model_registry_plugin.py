@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-from mnist_pipeline.registry_app import URL_PREFIX, create_app
-from mnist_pipeline.registry_link import PromotedVersionLink
+from mnist_pipeline.web.app import URL_PREFIX, create_app
+from mnist_pipeline.web.link import PromotedVersionLink
 
 __all__ = ["ModelRegistryPlugin"]
 

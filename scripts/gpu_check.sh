@@ -22,10 +22,10 @@ sys.path.insert(0, "benchmarks")
 from _common import make_probe, seconds_to
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
-from mnist_pipeline.data import load_mnist, split_validation
-from mnist_pipeline.evaluation import evaluate_model
-from mnist_pipeline.models import MODEL_NAMES
-from mnist_pipeline.training import train_model
+from mnist_pipeline.data.mnist import load_mnist, split_validation
+from mnist_pipeline.evaluation.metrics import evaluate_model
+from mnist_pipeline.training.architectures import MODEL_NAMES
+from mnist_pipeline.training.trainer import train_model
 
 epochs = int(sys.argv[1])
 gpus = tf.config.list_physical_devices("GPU")

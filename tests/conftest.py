@@ -7,6 +7,7 @@ test module imports it.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,9 +44,14 @@ def mnist_npz() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(mnist_npz: Path):
-    from mnist_pipeline.data import load_mnist
+    """Real MNIST, loaded once for the session: its arrays are read-only, so that no test can
+    change what a later one sees."""
+    from mnist_pipeline.data.mnist import load_mnist
 
-    return load_mnist(str(mnist_npz))
+    data = load_mnist(str(mnist_npz))
+    for array in data.arrays().values():
+        array.flags.writeable = False
+    return data
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +89,35 @@ def storage_uri(request, tmp_path: Path) -> str:
         return str(tmp_path / "store")
     bucket = request.getfixturevalue("gcs_bucket")
     return f"gs://{bucket}/prefix"
+
+
+CLUSTER_SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "Redis": ("127.0.0.1", 6379)}
+
+
+def _unreachable(services: dict[str, tuple[str, int]], timeout: float = 2.0) -> list[str]:
+    down = []
+    for name, (host, port) in services.items():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            down.append(f"{name} on {host}:{port} ({exc.strerror or exc})")
+    return down
+
+
+@pytest.fixture(scope="session")
+def cluster_services() -> dict[str, tuple[str, int]]:
+    """PostgreSQL and Redis on this machine, which the native cluster needs.
+
+    Unreachable, the tests that need them are skipped, except under `CI=true`, where a missing
+    service is a failure: CI promises them.
+    """
+    down = _unreachable(CLUSTER_SERVICES)
+    if down:
+        message = f"not reachable: {', '.join(down)}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {message}", pytrace=False)
+        pytest.skip(message)
+    return CLUSTER_SERVICES
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ Registered from `conftest.py` as a plugin, so every fault test module sees these
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -139,29 +141,42 @@ def fault_gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resta
 def fault_gcs(
     fault_gcs_server: RestartableGcsServer, monkeypatch: pytest.MonkeyPatch
 ) -> RestartableGcsServer:
-    """The restartable server, made the one google-cloud-storage talks to (here and in subprocesses)."""
+    """The restartable server, made the one google-cloud-storage talks to (here and in subprocesses),
+    and running when the test starts whatever the test before it did to it."""
+    if fault_gcs_server.process is None or fault_gcs_server.process.poll() is not None:
+        fault_gcs_server.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fault_gcs_server.url)
     return fault_gcs_server
 
 
 @pytest.fixture(scope="session")
-def fault_runs(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
-    """An artifacts store holding FAULT_RUNS, each ingested, trained and evaluated."""
+def fault_runs_template(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
+    """An artifacts store holding FAULT_RUNS, each ingested, trained and evaluated, once per
+    session: tests get a copy of it (`fault_runs`), never this one."""
     artifacts = str(tmp_path_factory.mktemp("fault-artifacts"))
     evaluations = evaluate_runs(artifacts, mnist_npz, FAULT_RUNS)
     return {"artifacts": artifacts, "evaluations": evaluations, "source": str(mnist_npz)}
 
 
+@pytest.fixture
+def fault_runs(fault_runs_template: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """This test's own copy of the trained artifacts: promotions write their records into it."""
+    artifacts = tmp_path / "fault-artifacts"
+    shutil.copytree(fault_runs_template["artifacts"], artifacts)
+    evaluations = copy.deepcopy(fault_runs_template["evaluations"])
+    return fault_runs_template | {"artifacts": str(artifacts), "evaluations": evaluations}
+
+
 @pytest.fixture(scope="session")
-def champion_template(fault_gcs_server: RestartableGcsServer, fault_runs: dict[str, Any]) -> str:
+def champion_template(fault_gcs_server: RestartableGcsServer, fault_runs_template: dict[str, Any]) -> str:
     """A GCS registry whose champion is the weak linear model (forced in): clone it, never change it."""
-    from mnist_pipeline.promotion import PromotionOptions, promote
+    from mnist_pipeline.registry.promotion import PromotionOptions, promote
 
     with emulator_env(fault_gcs_server.url):
         uri = new_bucket_uri()
-        settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=uri)
-        evaluation = fault_runs["evaluations"]["run-champion"]
-        assert promote([evaluation], settings, "run-champion", PromotionOptions(force=True))["promoted"]
+        settings = PipelineSettings(artifacts_uri=fault_runs_template["artifacts"], registry_uri=uri)
+        evaluation = fault_runs_template["evaluations"]["run-champion"]
+        assert promote([evaluation], settings, "run-champion", PromotionOptions(force=True)).promoted
     return uri
 
 

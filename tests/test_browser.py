@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from mnist_pipeline.registry import ModelRegistry
-from mnist_pipeline.registry_app import URL_PREFIX
+from mnist_pipeline.registry.store import ModelRegistry
 from mnist_pipeline.storage import open_storage
+from mnist_pipeline.web.app import URL_PREFIX
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -147,9 +147,9 @@ def test_a_signed_in_browser_finds_the_champion(
     from playwright.sync_api import sync_playwright
 
     champion = ModelRegistry(open_storage(locations["MNIST_REGISTRY_URI"])).champion()
-    assert champion is not None and champion["run_id"] == dag_run.run_id
+    assert champion is not None and champion.run_id == dag_run.run_id
     link = promote_link(api_server, dag_run.run_id)
-    assert link == f"{URL_PREFIX}/versions/{champion['model']}/{champion['version']}"
+    assert link == f"{URL_PREFIX}/versions/{champion.model}/{champion.version}"
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
@@ -162,14 +162,14 @@ def test_a_signed_in_browser_finds_the_champion(
         page.wait_for_url(f"**{URL_PREFIX}/")  # back where the browser wanted to go
 
         row = page.locator("#versions tr.champion")
-        assert row.get_attribute("data-version") == f"{champion['model']}/{champion['version']}"
-        assert f"{champion['metrics']['accuracy']:.4f}" in row.inner_text()
+        assert row.get_attribute("data-version") == f"{champion.model}/{champion.version}"
+        assert f"{champion.metrics['accuracy']:.4f}" in row.inner_text()
         overview = screenshots / "model_registry.png"
         page.screenshot(path=str(overview), full_page=True)
 
         page.goto(f"{api_server}{link}")  # what clicking the promote task's link opens
         page.locator("#model-card").wait_for()
-        assert champion["data_hash"] in page.locator("#model-card").inner_text()
+        assert champion.data_hash in page.locator("#model-card").inner_text()
         images = page.locator("img")
         assert images.count() == 4 and all(
             images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(4)

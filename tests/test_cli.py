@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.registry import ModelRegistry
+from mnist_pipeline.registry.store import ModelRegistry
 from mnist_pipeline.storage import open_storage
+from mnist_pipeline.training.architectures import MODEL_NAMES
 
 CLI = str(Path(sys.executable).parent / "mnist-pipeline")
 
@@ -37,15 +38,15 @@ def test_the_steps_chain_into_a_promotion(env: dict[str, str]) -> None:
     summary = cli(env, "summary")
     assert "dnn" in summary.stdout and "champion dnn/" in summary.stdout
     champion = ModelRegistry(open_storage(env["MNIST_REGISTRY_URI"])).champion()
-    assert champion["model"] == "dnn"
+    assert champion.model == "dnn"
 
     listing = cli(env, "registry", "list").stdout
-    assert f"* dnn/{champion['version']}" in listing
+    assert f"* dnn/{champion.version}" in listing
     assert "PROMOTED" in cli(env, "registry", "history").stdout
     shown = json.loads(cli(env, "registry", "show").stdout)
-    assert shown["champion"] is True and shown["version"] == champion["version"]
+    assert shown["champion"] is True and shown["version"] == champion.version
     again = json.loads(
-        cli(env, "registry", "promote", f"dnn/{champion['version']}", "--reason", "pin").stdout
+        cli(env, "registry", "promote", f"dnn/{champion.version}", "--reason", "pin").stdout
     )
     assert again["kind"] == "manual-promotion" and again["trigger"].startswith("cli:")
     assert json.loads(cli(env, "registry", "rollback").stdout)["kind"] == "rollback"
@@ -63,7 +64,7 @@ def test_registry_commands_name_unknown_versions(env: dict[str, str]) -> None:
 def test_an_unknown_model_is_refused_with_the_valid_names(env: dict[str, str]) -> None:
     result = cli(env, "train", "resnet")
     assert result.returncode == 2
-    assert "unknown model 'resnet'; valid models: linear, dnn, cnn" in result.stderr
+    assert f"unknown model 'resnet'; valid models: {', '.join(MODEL_NAMES)}" in result.stderr
 
 
 def test_a_missing_source_is_named_and_nothing_is_written(env: dict[str, str], tmp_path: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mnist_pipeline.training.architectures import MODEL_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,20 +35,36 @@ def test_dags_import_without_errors(dagbag) -> None:
 
 def test_dag_has_no_cycles_and_the_designed_shape(dag) -> None:
     dag.check_cycle()
-    assert set(dag.task_group.children) == {"ingest", "linear", "dnn", "cnn", "promote"}
-    for model in ("linear", "dnn", "cnn"):
+    assert set(dag.task_group.children) == {"ingest", *MODEL_NAMES, "promote"}
+    for model in MODEL_NAMES:
         train, evaluate = dag.get_task(f"{model}.train"), dag.get_task(f"{model}.evaluate")
         assert train.upstream_task_ids == {"ingest"}
         assert evaluate.upstream_task_ids == {f"{model}.train"}
-    assert dag.get_task("promote").upstream_task_ids == {"linear.evaluate", "dnn.evaluate", "cnn.evaluate"}
+    assert dag.get_task("promote").upstream_task_ids == {f"{model}.evaluate" for model in MODEL_NAMES}
 
 
-def test_dag_declares_schedule_tags_retries_and_docs(dag) -> None:
-    assert dag.tags >= {"mnist", "keras"}
-    assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.doc_md and "MNIST" in dag.doc_md
+def test_the_trigger_form_offers_exactly_the_models_the_dag_trains(dag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    offered = dag.params.get_param("models").schema["items"]["enum"]
+    assert sorted(offered) == sorted(MODEL_NAMES) and dag.params["models"] == list(MODEL_NAMES)
+    for model in offered:  # each one offered is accepted alone and has its own task group
+        params = copy.deepcopy(dag.params)
+        params.update({"models": [model]})
+        params.validate()
+        assert dag.get_task(f"{model}.train")
+    with pytest.raises(ParamValidationError, match="'resnet' is not one of"):
+        copy.deepcopy(dag.params).update({"models": ["resnet"]})
+
+
+def test_an_untouched_trigger_form_starts_a_valid_run_and_every_task_retries(dag) -> None:
+    params = copy.deepcopy(dag.params)
+    params.validate()  # the defaults alone make a valid run
+    for name in params:  # the form explains every field it shows
+        assert params.get_param(name).description, name
     assert all(task.retries >= 1 for task in dag.tasks)
-    assert set(dag.params) >= {"models", "epochs", "batch_size"}
+    # One run at a time, and no backfill of the weeks the scheduler was down.
+    assert dag.catchup is False and dag.max_active_runs == 1
 
 
 def test_parsing_the_dag_file_does_not_import_tensorflow() -> None:
@@ -63,31 +83,34 @@ def test_parsing_the_dag_file_does_not_import_tensorflow() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def parse_in_subprocess(code: str, **env: str) -> str:
-    """Run `code` after loading the DAG file in a fresh interpreter with `env` added: the queue,
-    pool and schedule are read when the file is parsed."""
-    prelude = "import runpy, sys; dag = runpy.run_path(sys.argv[1])['dag']; "
+def parse_in_subprocess(expression: str, **env: str) -> object:
+    """Load the DAG file in a fresh interpreter with `env` added (the queue, pool and schedule are
+    read when the file is parsed) and return `expression`, evaluated there on `dag`, as JSON."""
+    code = (
+        f"import json, runpy, sys; dag = runpy.run_path(sys.argv[1])['dag']; print(json.dumps({expression}))"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", prelude + code, str(REPO / "dags" / "mnist_training.py")],
+        [sys.executable, "-c", code, str(REPO / "dags" / "mnist_training.py")],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_training_tasks_go_to_the_configured_queue_and_pool_and_nothing_else_does() -> None:
-    code = "print(sorted({t.task_id: (t.queue, t.pool) for t in dag.tasks}.items()))"
-    routed = eval(parse_in_subprocess(code, MNIST_TRAIN_QUEUE="gpu", MNIST_TRAIN_POOL="gpu"))
-    for task_id, (queue, pool) in routed:
-        expected = ("gpu", "gpu") if task_id.endswith(".train") else ("default", "default_pool")
-        assert (queue, pool) == expected, task_id
+    expression = "{t.task_id: [t.queue, t.pool] for t in dag.tasks}"
+    routed = parse_in_subprocess(expression, MNIST_TRAIN_QUEUE="gpu", MNIST_TRAIN_POOL="gpu")
+    assert any(task_id.endswith(".train") for task_id in routed)
+    for task_id, (queue, pool) in routed.items():
+        expected = ["gpu", "gpu"] if task_id.endswith(".train") else ["default", "default_pool"]
+        assert [queue, pool] == expected, task_id
 
 
 def test_training_runs_on_the_default_queue_when_no_queue_is_configured(dag) -> None:
-    assert {dag.get_task(f"{m}.train").queue for m in ("linear", "dnn", "cnn")} == {"default"}
+    assert {dag.get_task(f"{m}.train").queue for m in MODEL_NAMES} == {"default"}
 
 
 def test_an_invalid_queue_name_fails_parsing_with_a_clear_error() -> None:
@@ -103,6 +126,6 @@ def test_an_invalid_queue_name_fails_parsing_with_a_clear_error() -> None:
 
 
 def test_schedule_none_keeps_only_the_new_data_trigger() -> None:
-    code = "print(type(dag.timetable).__name__)"
-    assert parse_in_subprocess(code, MNIST_SCHEDULE="none").startswith("AssetTriggeredTimetable")
-    assert parse_in_subprocess(code, MNIST_SCHEDULE="0 3 * * 1").startswith("AssetOrTimeSchedule")
+    expression = "type(dag.timetable).__name__"
+    assert parse_in_subprocess(expression, MNIST_SCHEDULE="none").startswith("AssetTriggeredTimetable")
+    assert parse_in_subprocess(expression, MNIST_SCHEDULE="0 3 * * 1").startswith("AssetOrTimeSchedule")

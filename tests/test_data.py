@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline.data import IDX_FILES, MnistData, load_mnist, split_validation
+from mnist_pipeline.data.mnist import IDX_FILES, MnistData, load_mnist, split_validation
+from mnist_pipeline.data.sources import read_source_bytes
 from mnist_pipeline.errors import DataError
-from mnist_pipeline.sources import read_source_bytes, sha256_hex
+from mnist_pipeline.hashing import sha256_hex
 from mnist_pipeline.storage import open_storage
 from tests.https_server import serve_https
 

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.data import MnistData
-from mnist_pipeline.model_io import load_model_bytes
-from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.cli.render import latest_promotion
+from mnist_pipeline.data.mnist import MnistData
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.storage import open_storage
-from mnist_pipeline.summary import latest_promotion
+from mnist_pipeline.training.model_io import load_model_bytes
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def run_dag(dag, **conf: Any) -> None:
 
 def assert_promoted(registry: ModelRegistry, model: str) -> dict:
     champion = registry.champion()
-    assert champion is not None and champion["model"] == model
+    assert champion is not None and champion.model == model
     return champion
 
 
@@ -67,13 +67,13 @@ def test_a_small_run_trains_every_model_and_promotes_the_best(
     storage = open_storage(gcs_locations["MNIST_REGISTRY_URI"])
     registry = ModelRegistry(storage)
     champion = assert_promoted(registry, best["model"])
-    assert champion["run_id"] == decision["run_id"] and champion["metrics"]["accuracy"] == best["accuracy"]
+    assert champion.run_id == decision["run_id"] and champion.metrics["accuracy"] == best["accuracy"]
 
-    ref = VersionRef(champion["model"], champion["version"])
+    ref = VersionRef(champion.model, champion.version)
     stored = {key.removeprefix(ref.prefix + "/") for key in storage.list_keys(ref.prefix)}
     assert stored >= VERSION_FILES and any(name.startswith("saved_model/variables/") for name in stored)
     metadata = registry.metadata(ref)
-    assert metadata["data_hash"] == champion["data_hash"] and metadata["airflow_run_id"] == decision["run_id"]
+    assert metadata["data_hash"] == champion.data_hash and metadata["airflow_run_id"] == decision["run_id"]
     assert {"tensorflow-cpu", "keras", "apache-airflow"} & set(metadata["library_versions"])
 
     model = load_model_bytes(registry.verified_file(ref, "model.keras"))

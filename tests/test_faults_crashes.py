@@ -24,12 +24,15 @@ from typing import Any
 import pytest
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.history import list_events
-from mnist_pipeline.pipeline import ingest, run_key
-from mnist_pipeline.promotion import promote
-from mnist_pipeline.publication import version_name
-from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.promotion import promote
+from mnist_pipeline.registry.publication import version_name
+from mnist_pipeline.registry.records import ChampionPointer
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.runs import run_key
+from mnist_pipeline.steps import ingest
 from mnist_pipeline.storage import open_storage, split_gs_uri
+from mnist_pipeline.training.record import TrainingRecord
 from tests.fault_fixtures import RestartableGcsServer, new_bucket_uri, storage_bytes
 from tests.fault_report import FaultLedger
 
@@ -59,11 +62,11 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 180, proc
     pytest.fail(f"timed out waiting for {what}")
 
 
-def assert_consistent_champion(registry_uri: str) -> dict[str, Any]:
+def assert_consistent_champion(registry_uri: str) -> ChampionPointer:
     """The pointer names a committed version, and every file of it matches its recorded sha256."""
     registry = ModelRegistry(open_storage(registry_uri))
     champion = registry.champion()
-    ref = VersionRef(champion["model"], champion["version"])
+    ref = VersionRef(champion.model, champion.version)
     assert ref in registry.versions()
     for name in registry.metadata(ref)["files_sha256"]:
         registry.verified_file(ref, name)
@@ -72,7 +75,7 @@ def assert_consistent_champion(registry_uri: str) -> dict[str, Any]:
 
 def version_of(fault_runs: dict[str, Any], run_id: str) -> VersionRef:
     training = open_storage(fault_runs["artifacts"]).read_json(f"{run_key(run_id)}/dnn/training.json")
-    return VersionRef("dnn", version_name(training))
+    return VersionRef("dnn", version_name(TrainingRecord.from_dict(training, "training.json")))
 
 
 def epoch_accuracies(log: str) -> dict[int, float]:
@@ -167,10 +170,10 @@ def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
     finished_at = time.monotonic()
     outage.join(timeout=30)
     assert outage.down_at and outage.up_at and finished_at > outage.up_at  # it ran through the outage
-    assert outcome["promoted"] and outcome["version"] == ref.version
+    assert outcome.promoted and outcome.version == ref.version
     champion = assert_consistent_champion(registry_with_champion)
-    assert champion["version"] == ref.version and champion["previous"]["run_id"] == "run-champion"
-    assert [e["run_id"] for e in list_events(open_storage(registry_with_champion))][-1] == "run-dnn-a"
+    assert champion.version == ref.version and champion.previous.run_id == "run-champion"
+    assert [e.run_id for e in list_events(open_storage(registry_with_champion))][-1] == "run-dnn-a"
     fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change={CHAMPION_KEY})
     fault_ledger.survived(f"GCS outage during the {moment}")
 
@@ -200,11 +203,11 @@ def test_a_promotion_killed_after_upload_never_exposes_its_half_version(
     assert half not in registry.versions() and len(list_events(registry.storage)) == 1
 
     # The next run publishes another version and clears the dead upload away.
-    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "0")
+    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "1e-9")
     settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
-    assert promote([fault_runs["evaluations"]["run-dnn-b"]], settings, "run-dnn-b")["promoted"]
+    assert promote([fault_runs["evaluations"]["run-dnn-b"]], settings, "run-dnn-b").promoted
     assert registry.storage.list_keys(half.prefix) == []
-    assert assert_consistent_champion(registry_with_champion)["run_id"] == "run-dnn-b"
+    assert assert_consistent_champion(registry_with_champion).run_id == "run-dnn-b"
     fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change={CHAMPION_KEY})
     fault_ledger.survived("promotion SIGKILLed between upload and pointer move")
 
@@ -230,13 +233,13 @@ def test_two_promotions_from_separate_processes_leave_one_champion_and_both_verd
     outcomes = [json.loads(stdout) for stdout, _ in outputs]
     registry = ModelRegistry(open_storage(registry_with_champion))
     new_events = list_events(registry.storage)[1:]  # the template's own event comes first
-    assert sorted(event["run_id"] for event in new_events) == sorted(runs)
+    assert sorted(event.run_id for event in new_events) == sorted(runs)
     champion = assert_consistent_champion(registry_with_champion)
     promoted = {(o["model"], o["version"]) for o in outcomes if o["promoted"]}
-    assert (champion["model"], champion["version"]) in promoted
+    assert (champion.model, champion.version) in promoted
     for model, version in promoted:  # no promoted version lost
         assert VersionRef(model, version) in registry.versions()
-    expected_previous = {"run-champion"} if len(promoted) == 1 else set(runs) - {champion["run_id"]}
-    assert {champion["previous"]["run_id"]} == expected_previous
+    expected_previous = {"run-champion"} if len(promoted) == 1 else set(runs) - {champion.run_id}
+    assert {champion.previous.run_id} == expected_previous
     fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change={CHAMPION_KEY})
     fault_ledger.survived("two promotions racing from separate processes")

@@ -21,17 +21,20 @@ import pytest
 
 from mnist_pipeline import cli
 from mnist_pipeline.config import PipelineSettings, TrainConfig
-from mnist_pipeline.data import IDX_FILES, MnistData
+from mnist_pipeline.data.incoming import INCOMING, REJECTED, process_incoming
+from mnist_pipeline.data.mnist import IDX_FILES, MnistData
+from mnist_pipeline.data.snapshot import SnapshotInfo
 from mnist_pipeline.errors import ConfigError, DataError, MnistPipelineError, StorageError, UnknownModelError
-from mnist_pipeline.incoming import INCOMING, REJECTED, process_incoming
-from mnist_pipeline.pipeline import ingest, train
-from mnist_pipeline.promotion import promote
-from mnist_pipeline.sources import sha256_hex
+from mnist_pipeline.hashing import sha256_hex
+from mnist_pipeline.registry.promotion import promote
+from mnist_pipeline.steps import ingest, train
 from mnist_pipeline.storage import open_storage
 from tests.fault_fixtures import storage_bytes
 from tests.fault_report import FaultLedger
 from tests.https_server import serve_https
 
+# Every test here runs against the registry of `registry_with_champion`, built from trained runs.
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = 600  # enough of real MNIST to carry each defect
 
@@ -227,7 +230,8 @@ def test_an_unknown_model_name_is_refused_by_the_params_and_the_library(
 
     with pytest.raises(ParamValidationError, match=r"param models.*'resnet' is not one of"):
         validate_run_conf(dag_params, {"models": ["resnet"]})
-    snapshot = {"data_hash": fault_runs["evaluations"]["run-dnn-a"]["data_hash"]}
+    data_hash = fault_runs["evaluations"]["run-dnn-a"].data_hash
+    snapshot = SnapshotInfo(data_hash, "uri", "source", 1, 1)
     with pytest.raises(UnknownModelError) as error:
         train(
             "resnet",

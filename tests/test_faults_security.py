@@ -12,11 +12,12 @@ import pytest
 
 from mnist_pipeline import cli
 from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.data.snapshot import SnapshotInfo
 from mnist_pipeline.errors import MnistPipelineError, RegistryError, UnknownModelError
-from mnist_pipeline.operations import promote_version
-from mnist_pipeline.pipeline import evaluate, ingest, train
-from mnist_pipeline.promotion import PromotionOptions, promote
-from mnist_pipeline.registry import ModelRegistry, VersionRef
+from mnist_pipeline.registry.operations import promote_version
+from mnist_pipeline.registry.promotion import PromotionOptions, promote
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.steps import evaluate, ingest, train
 from mnist_pipeline.storage import open_storage
 from tests.fault_fixtures import storage_bytes
 from tests.fault_report import FaultLedger
@@ -44,6 +45,7 @@ def assert_refused(ledger: FaultLedger, kind: str, error: BaseException, names: 
     ledger.refused(kind)
 
 
+@pytest.mark.slow
 def test_names_that_would_escape_their_folder_are_refused_at_every_entry_point(
     registry_with_champion: str,
     fault_runs: dict[str, Any],
@@ -66,23 +68,24 @@ def test_names_that_would_escape_their_folder_are_refused_at_every_entry_point(
         assert "no slashes, no '..'" in str(error.value)
     settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
     with pytest.raises(UnknownModelError) as unknown:
-        train("../dnn", {"data_hash": "0" * 64}, TrainConfig(), settings, "run-x")
+        train("../dnn", SnapshotInfo("0" * 64, "uri", "source", 1, 1), TrainConfig(), settings, "run-x")
     assert_refused(fault_ledger, "model name with '..'", unknown.value, "'../dnn'", "unknown model")
     after = storage_bytes(registry_with_champion)
     fault_ledger.compared(before, after, may_change=set())
     assert after == before
 
 
+@pytest.mark.slow
 def test_a_tampered_or_unsafe_model_is_refused(
     registry_with_champion: str, fault_ledger: FaultLedger, tmp_path: Path
 ) -> None:
     import keras
 
-    from mnist_pipeline.model_io import load_model_bytes, model_to_bytes
+    from mnist_pipeline.training.model_io import load_model_bytes, model_to_bytes
 
     registry = ModelRegistry(open_storage(registry_with_champion))
     champion = registry.champion()
-    ref = VersionRef(champion["model"], champion["version"])
+    ref = VersionRef(champion.model, champion.version)
     key = f"{ref.prefix}/model.keras"
     original = registry.storage.read_bytes(key)
     registry.storage.write_bytes(key, original[:-8] + b"tampered")
@@ -99,6 +102,7 @@ def test_a_tampered_or_unsafe_model_is_refused(
     fault_ledger.refused("model with a Lambda layer (unsafe to deserialise)")
 
 
+@pytest.mark.slow
 def test_no_credential_from_the_environment_reaches_logs_or_artifacts(
     mnist_npz: Path,
     tmp_path: Path,
@@ -122,7 +126,7 @@ def test_no_credential_from_the_environment_reaches_logs_or_artifacts(
         )
         run_conf = {"models": ["linear"], "epochs": 1, "force_promote": True}  # as the DAG's Params pass it
         options = PromotionOptions(force=True, trigger="manual", run_conf=run_conf)
-        assert promote([evaluation], settings, "run-secrets", options)["promoted"]
+        assert promote([evaluation], settings, "run-secrets", options).promoted
     captured = capfd.readouterr()
     texts = {"log records": "\n".join(r.getMessage() for r in caplog.records)}
     texts |= {"stdout": captured.out, "stderr": captured.err}

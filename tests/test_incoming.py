@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline.data import MnistData
-from mnist_pipeline.incoming import (
+from mnist_pipeline.data.incoming import (
     ACCEPTED,
     ANNOUNCED_KEY,
     INCOMING,
@@ -22,8 +21,9 @@ from mnist_pipeline.incoming import (
     announce_pending,
     process_incoming,
 )
-from mnist_pipeline.registry import ModelRegistry, VersionRef
-from mnist_pipeline.snapshot import read_manifest
+from mnist_pipeline.data.mnist import MnistData
+from mnist_pipeline.data.snapshot import read_manifest
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.storage import Storage, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,8 +69,8 @@ def test_a_shard_claimed_by_another_run_is_left_to_it(storage_uri: str, mnist: M
     storage = open_storage(storage_uri)
     drop_shard(storage, "batch-1.npz", mnist.x_train[:10], mnist.y_train[:10])
     raw = storage.read_bytes(f"{INCOMING}batch-1.npz")
-    from mnist_pipeline.incoming import CLAIMS
-    from mnist_pipeline.sources import sha256_hex
+    from mnist_pipeline.data.incoming import CLAIMS
+    from mnist_pipeline.hashing import sha256_hex
 
     assert storage.write_if_generation(
         f"{CLAIMS}batch-1.npz-{sha256_hex(raw)[:16]}.json", b'{"run_id": "a"}', "0"
@@ -157,7 +157,7 @@ def test_new_data_triggers_an_event_and_enters_the_next_training_set(
 
     registry = ModelRegistry(open_storage(os.environ["MNIST_REGISTRY_URI"]))
     champion = registry.champion()
-    metadata = registry.metadata(VersionRef(champion["model"], champion["version"]))
+    metadata = registry.metadata(VersionRef(champion.model, champion.version))
     assert metadata["manifest_hash"] == ingest["manifest_hash"]  # lineage: which data, from where
     assert metadata["run"]["trigger"] == "manual" and metadata["run"]["conf"]["models"] == ["dnn"]
 

@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.errors import ConfigError, UnknownModelError
-from mnist_pipeline.models import MODEL_NAMES, build_model, get_model_spec
+from mnist_pipeline.training.architectures import MODEL_NAMES, build_model, get_model_spec
 
 
-def test_registry_holds_the_three_model_families() -> None:
-    assert MODEL_NAMES == ("linear", "dnn", "cnn")
+def test_every_name_has_a_spec_whose_defaults_make_a_valid_training_config() -> None:
+    assert MODEL_NAMES and len(set(MODEL_NAMES)) == len(MODEL_NAMES)
+    for name in MODEL_NAMES:
+        config = get_model_spec(name).config()
+        TrainConfig(epochs=config.epochs, batch_size=config.batch_size)  # refuses what it cannot train
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_builder_maps_raw_images_to_probabilities(name: str) -> None:
+def test_builder_maps_raw_images_to_probabilities(name: str, mnist) -> None:
     model = build_model(name)
     assert model.input_shape == (None, 28, 28)
     assert model.output_shape == (None, 10)
-    probabilities = model.predict(np.zeros((3, 28, 28), np.uint8), verbose=0)
-    assert probabilities.shape == (3, 10)
+    digits = np.concatenate([np.zeros((1, 28, 28), np.uint8), mnist.x_test[:4]])  # blank and real, uint8
+    probabilities = model.predict(digits, verbose=0)
+    assert probabilities.shape == (5, 10) and probabilities.dtype == np.float32
+    assert (probabilities >= 0).all() and (probabilities <= 1).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_designs_match_their_families() -> None:
-    layer_types = {name: {type(layer).__name__ for layer in build_model(name).layers} for name in MODEL_NAMES}
-    assert "Dense" in layer_types["linear"] and "Dropout" not in layer_types["linear"]
-    assert {"Dense", "Dropout"} <= layer_types["dnn"] and "Conv2D" not in layer_types["dnn"]
-    assert {"Conv2D", "MaxPooling2D", "Dropout"} <= layer_types["cnn"]
+def test_only_the_deeper_models_regularise_and_none_is_random_when_serving(mnist) -> None:
+    digits = mnist.x_test[:16]
+    for name in MODEL_NAMES:
+        model = build_model(name)
+        np.testing.assert_array_equal(model(digits, training=False), model(digits, training=False))
+        randomised = not np.allclose(model(digits, training=True), model(digits, training=True))
+        assert randomised == (name != "linear"), name  # dropout (and augmentation) only while training
+    layers = {name: {type(layer).__name__ for layer in build_model(name).layers} for name in MODEL_NAMES}
+    assert "Conv2D" in layers["cnn"] and not {"Conv2D"} & (layers["linear"] | layers["dnn"])
 
 
 def test_unknown_model_names_the_valid_ones() -> None:
-    with pytest.raises(UnknownModelError, match=r"unknown model 'resnet'; valid models: linear, dnn, cnn"):
+    valid = re.escape(", ".join(MODEL_NAMES))
+    with pytest.raises(UnknownModelError, match=rf"unknown model 'resnet'; valid models: {valid}"):
         get_model_spec("resnet")
 
 
@@ -48,9 +61,10 @@ def test_cnn_augmentation_moves_digits_in_training_only(mnist) -> None:
     assert not np.allclose(np.asarray(augmentation(digits, training=True)), digits)
 
 
+@pytest.mark.slow
 def test_the_exported_cnn_serves_with_augmentation_off(mnist, tmp_path) -> None:
-    from mnist_pipeline.model_io import export_saved_model
-    from mnist_pipeline.serving import check_serving
+    from mnist_pipeline.evaluation.serving import check_serving
+    from mnist_pipeline.training.model_io import export_saved_model
 
     model = build_model("cnn")
     probe = mnist.x_test[:32]

@@ -5,6 +5,8 @@ Real models trained on small slices of real MNIST; registries on a local folder 
 
 from __future__ import annotations
 
+import copy
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,27 +16,35 @@ import pytest
 
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.gate import GateConfig, judge, mcnemar_exact
-from mnist_pipeline.history import list_events
-from mnist_pipeline.operations import promote_version, rollback
-from mnist_pipeline.pipeline import run_key
-from mnist_pipeline.promotion import PromotionOptions, promote
-from mnist_pipeline.registry import ModelRegistry, VersionRef
-from mnist_pipeline.serving import ServingCheckError
+from mnist_pipeline.evaluation.serving import ServingCheckError
+from mnist_pipeline.registry.gate import GateConfig, judge, mcnemar_exact
+from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.operations import promote_version, rollback
+from mnist_pipeline.registry.promotion import PromotionOptions, PromotionOutcome, promote
+from mnist_pipeline.registry.records import ChampionPointer
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.runs import run_key
 from mnist_pipeline.storage import open_storage
 from tests.trained_runs import evaluate_runs
-
-pytestmark = pytest.mark.slow
 
 # run id -> (model, training images, epochs): a good DNN, a second good DNN, a weak linear model.
 RUNS = {"run-good": ("dnn", 6000, 2), "run-other": ("dnn", 5000, 2), "run-weak": ("linear", 500, 1)}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
+def trained_template(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> dict[str, Any]:
+    """RUNS, trained once per module; tests use their own copy (`trained`), never this one."""
     artifacts = str(tmp_path_factory.mktemp("artifacts"))
     evaluations = evaluate_runs(artifacts, mnist_npz, RUNS)
     return {"artifacts": artifacts, "evaluations": evaluations}
+
+
+@pytest.fixture
+def trained(trained_template: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """A copy of the trained artifacts for one test: promotions write into it, tests damage it."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(trained_template["artifacts"], artifacts)
+    return {"artifacts": str(artifacts), "evaluations": copy.deepcopy(trained_template["evaluations"])}
 
 
 @pytest.fixture
@@ -47,126 +57,134 @@ def registry(settings: PipelineSettings) -> ModelRegistry:
     return ModelRegistry(open_storage(settings.registry_uri))
 
 
-def run_promotion(trained: dict, settings: PipelineSettings, run_id: str, **options: Any) -> dict:
+def run_promotion(trained: dict, settings: PipelineSettings, run_id: str, **options: Any) -> PromotionOutcome:
     return promote([trained["evaluations"][run_id]], settings, run_id, PromotionOptions(**options))
 
 
-def assert_promoted(registry: ModelRegistry, outcome: dict, run_id: str) -> None:
+def assert_promoted(registry: ModelRegistry, outcome: PromotionOutcome, run_id: str) -> None:
     champion = registry.champion()
-    assert outcome["promoted"] is True
-    assert champion is not None and champion["run_id"] == run_id
-    assert (champion["model"], champion["version"]) == (outcome["model"], outcome["version"])
-    assert VersionRef(champion["model"], champion["version"]) in registry.versions()
+    assert outcome.promoted is True
+    assert champion is not None and champion.run_id == run_id
+    assert (champion.model, champion.version) == (outcome.model, outcome.version)
+    assert VersionRef(champion.model, champion.version) in registry.versions()
 
 
-def assert_not_promoted(registry: ModelRegistry, outcome: dict, champion_before: dict | None) -> None:
-    assert outcome["promoted"] is False
+def assert_not_promoted(
+    registry: ModelRegistry, outcome: PromotionOutcome, champion_before: ChampionPointer | None
+) -> None:
+    assert outcome.promoted is False
     assert registry.champion() == champion_before
 
 
+@pytest.mark.slow
 def test_first_run_promotes_when_it_passes_the_floor(trained, settings, registry) -> None:
     outcome = run_promotion(trained, settings, "run-good")
     assert_promoted(registry, outcome, "run-good")
-    assert "no champion yet" in outcome["verdict"]["reason"] and outcome["previous_champion"] is None
+    assert "no champion yet" in outcome.verdict.reason and outcome.previous_champion is None
     (event,) = list_events(registry.storage)
-    assert event["promoted"] and event["run_id"] == "run-good" and event["kind"] == "gate"
+    assert event.promoted and event.run_id == "run-good" and event.kind == "gate"
 
 
+@pytest.mark.slow
 def test_a_first_model_below_the_floor_is_not_promoted(trained, settings, registry) -> None:
     outcome = run_promotion(trained, settings, "run-weak", gate=GateConfig(floor=0.99))
     assert_not_promoted(registry, outcome, None)
-    assert "below the floor" in outcome["verdict"]["reason"]
+    assert "below the floor" in outcome.verdict.reason
 
 
+@pytest.mark.slow
 def test_a_worse_challenger_is_not_promoted(trained, settings, registry) -> None:
     run_promotion(trained, settings, "run-good")
     champion = registry.champion()
     outcome = run_promotion(trained, settings, "run-weak")
     assert_not_promoted(registry, outcome, champion)
-    verdict = outcome["verdict"]
-    assert "not better by the margin" in verdict["reason"]
-    assert verdict["b"] > verdict["c"] and verdict["champion_accuracy"] > verdict["challenger_accuracy"]
-    assert [event["promoted"] for event in list_events(registry.storage)] == [True, False]
+    verdict = outcome.verdict
+    assert "not better by the margin" in verdict.reason
+    assert verdict.b > verdict.c and verdict.champion_accuracy > verdict.challenger_accuracy
+    assert [event.promoted for event in list_events(registry.storage)] == [True, False]
 
 
+@pytest.mark.slow
 def test_a_forced_promotion_happens_and_says_so(trained, settings, registry) -> None:
     run_promotion(trained, settings, "run-good")
     outcome = run_promotion(trained, settings, "run-weak", force=True)
     assert_promoted(registry, outcome, "run-weak")
-    assert outcome["forced"] is True and outcome["verdict"]["reason"].startswith("forced (gate said:")
-    assert list_events(registry.storage)[-1]["forced"] is True
+    assert outcome.forced is True and outcome.verdict.reason.startswith("forced (gate said:")
+    assert list_events(registry.storage)[-1].forced is True
 
 
+@pytest.mark.slow
 def test_a_dry_run_decides_but_writes_nothing(trained, settings, registry) -> None:
     outcome = run_promotion(trained, settings, "run-good", dry_run=True)
-    assert outcome["promoted"] is False and outcome["dry_run"] is True
-    assert "no champion yet" in outcome["verdict"]["reason"]
+    assert outcome.promoted is False and outcome.dry_run is True
+    assert "no champion yet" in outcome.verdict.reason
     assert registry.storage.list_keys("mnist/") == []
 
 
+@pytest.mark.slow
 def test_rerunning_the_same_task_is_a_no_op(trained, settings, registry) -> None:
     first = run_promotion(trained, settings, "run-good")
     keys = registry.storage.list_keys("mnist/")
     again = run_promotion(trained, settings, "run-good")
-    assert again["noop"] is True and again["version"] == first["version"]
+    assert again.noop is True and again.version == first.version
     assert registry.storage.list_keys("mnist/") == keys  # nothing new, not even a history event
 
 
+@pytest.mark.slow
 def test_a_failed_serving_check_blocks_promotion(trained, settings, registry, tmp_path: Path) -> None:
-    from mnist_pipeline.model_io import export_saved_model
-    from mnist_pipeline.models import build_model
+    from mnist_pipeline.training.architectures import build_model
+    from mnist_pipeline.training.model_io import export_saved_model
 
-    artifacts = open_storage(settings.artifacts_uri)
+    artifacts = open_storage(settings.artifacts_uri)  # this test's own copy
     prefix = f"{run_key('run-good')}/dnn/saved_model"
-    original = artifacts.download_prefix(prefix, tmp_path / "original")
-    try:  # an export that does not match the evaluated model: untrained weights
-        artifacts.delete(prefix)
-        artifacts.upload_dir(export_saved_model(build_model("dnn"), tmp_path / "wrong"), prefix)
-        with pytest.raises(ServingCheckError, match="served probabilities differ"):
-            run_promotion(trained, settings, "run-good")
-    finally:
-        artifacts.delete(prefix)
-        artifacts.upload_dir(original, prefix)
+    # An export that does not match the evaluated model: untrained weights.
+    artifacts.delete(prefix)
+    artifacts.upload_dir(export_saved_model(build_model("dnn"), tmp_path / "wrong"), prefix)
+    with pytest.raises(ServingCheckError, match="served probabilities differ"):
+        run_promotion(trained, settings, "run-good")
     assert registry.champion() is None and registry.versions() == []
     (event,) = list_events(registry.storage)
-    assert event["promoted"] is False and "serving check" in event["verdict"]["blocked"]
+    assert event.promoted is False and "serving check" in event.verdict.blocked
 
 
+@pytest.mark.slow
 def test_two_concurrent_promotions_leave_one_champion_and_two_events(trained, settings, registry) -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(
             pool.map(lambda run: run_promotion(trained, settings, run), ["run-good", "run-other"])
         )
     events = list_events(registry.storage)
-    assert sorted(event["run_id"] for event in events) == ["run-good", "run-other"]
+    assert sorted(event.run_id for event in events) == ["run-good", "run-other"]
     champion = registry.champion()
-    promoted = [outcome for outcome in outcomes if outcome["promoted"]]
-    assert promoted and (champion["model"], champion["version"]) in {
-        (o["model"], o["version"]) for o in promoted
+    promoted = [outcome for outcome in outcomes if outcome.promoted]
+    assert promoted and (champion.model, champion.version) in {
+        (o.model, o.version) for o in promoted
     }
     if len(promoted) == 2:  # the later one re-gated against the earlier and won: it remembers it
-        assert champion["previous"]["run_id"] != champion["run_id"]
+        assert champion.previous.run_id != champion.run_id
 
 
+@pytest.mark.slow
 def test_rollback_restores_the_previous_pointer(trained, settings, registry) -> None:
     run_promotion(trained, settings, "run-good")
     first = registry.champion()
     run_promotion(trained, settings, "run-weak", force=True)
     event = rollback(registry, who="test")
     restored = registry.champion()
-    assert (restored["model"], restored["version"], restored["run_id"]) == (
-        first["model"],
-        first["version"],
-        first["run_id"],
+    assert (restored.model, restored.version, restored.run_id) == (
+        first.model,
+        first.version,
+        first.run_id,
     )
-    assert event["kind"] == "rollback" and event["previous_champion"]["version"] != first["version"]
+    assert event.kind == "rollback" and event.previous_champion.version != first.version
     with pytest.raises(RegistryError, match="no previous champion"):
         rollback(registry, who="test")
 
 
+@pytest.mark.slow
 def test_a_manual_promotion_needs_a_known_untampered_version(trained, settings, registry) -> None:
     outcome = run_promotion(trained, settings, "run-good")
-    ref = VersionRef(outcome["model"], outcome["version"])
+    ref = VersionRef(outcome.model, outcome.version)
     with pytest.raises(RegistryError, match="unknown version dnn/nope"):
         promote_version(registry, VersionRef("dnn", "nope"), "because", who="test")
     registry.storage.write_bytes(f"{ref.prefix}/model.keras", b"tampered")
@@ -174,16 +192,13 @@ def test_a_manual_promotion_needs_a_known_untampered_version(trained, settings, 
         promote_version(registry, ref, "because", who="test")
 
 
+@pytest.mark.slow
 def test_tampered_run_artifacts_are_refused_before_publication(trained, settings, registry) -> None:
-    artifacts = open_storage(settings.artifacts_uri)
+    artifacts = open_storage(settings.artifacts_uri)  # this test's own copy
     key = f"{run_key('run-other')}/dnn/model.keras"
-    original = artifacts.read_bytes(key)
-    artifacts.write_bytes(key, original[:-10] + b"0123456789")
-    try:
-        with pytest.raises(RegistryError, match="does not match its recorded sha256"):
-            run_promotion(trained, settings, "run-other")
-    finally:
-        artifacts.write_bytes(key, original)
+    artifacts.write_bytes(key, artifacts.read_bytes(key)[:-10] + b"0123456789")
+    with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+        run_promotion(trained, settings, "run-other")
     assert registry.versions() == [] and registry.champion() is None
 
 

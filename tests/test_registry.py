@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.errors import ConfigError, RegistryError
-from mnist_pipeline.promotion import pick_challenger
-from mnist_pipeline.registry import ModelRegistry, VersionRef, validate_name
+from mnist_pipeline.evaluation.record import EvaluationRecord
+from mnist_pipeline.registry.promotion import pick_challenger
+from mnist_pipeline.registry.records import ChampionPointer, VersionSummary
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef, validate_name
 from mnist_pipeline.storage import open_storage
 
 
@@ -44,8 +46,14 @@ def test_an_incomplete_version_is_not_listed_nor_promotable(storage_uri: str) ->
     storage.write_bytes("mnist/models/cnn/half/model.keras", b"partial upload")
     registry = ModelRegistry(storage)
     assert registry.versions() == []
+    pointer = ChampionPointer.for_version(
+        VersionSummary("cnn", "half", {"accuracy": 0.99}),
+        registry.uri(VersionRef("cnn", "half")),
+        "now",
+        "test",
+    )
     with pytest.raises(RegistryError, match="not completely published"):
-        registry.swap_champion({"model": "cnn", "version": "half"}, "0")
+        registry.move_champion(lambda current: (pointer.succeeding(current), None))
     assert registry.champion() is None
 
 
@@ -70,11 +78,24 @@ def test_names_that_could_become_other_paths_are_refused(name: str) -> None:
         validate_name("model", name)
 
 
+def evaluation_of(model: str, accuracy: float, loss: float) -> EvaluationRecord:
+    return EvaluationRecord(
+        model=model,
+        run_id="r",
+        data_hash="d",
+        model_uri="u",
+        model_sha256="x",
+        epochs_run=1,
+        train_seconds=1.0,
+        accuracy=accuracy,
+        loss=loss,
+        test_hash="t",
+        metrics_uri="m",
+    )
+
+
 def test_the_best_accuracy_is_the_challenger() -> None:
-    evaluations = [
-        {"model": m, "run_id": "r", "accuracy": a, "loss": loss, "model_sha256": "x", "data_hash": "d"}
-        for m, a, loss in [("linear", 0.92, 0.3), ("cnn", 0.99, 0.03), ("dnn", 0.99, 0.05)]
-    ]
-    assert pick_challenger(evaluations)["model"] == "cnn"
+    evaluations = [evaluation_of("linear", 0.92, 0.3), evaluation_of("cnn", 0.99, 0.03)]
+    assert pick_challenger([*evaluations, evaluation_of("dnn", 0.99, 0.05)]).model == "cnn"
     with pytest.raises(ConfigError, match="at least one evaluated model"):
         pick_challenger([])

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
-from mnist_pipeline.gate import GateConfig
-from mnist_pipeline.model_card import MODEL_CARD_FILE
-from mnist_pipeline.pipeline import evaluate, ingest, run_key, train
-from mnist_pipeline.promotion import PromotionOptions, promote
-from mnist_pipeline.registry import ModelRegistry, VersionRef
-from mnist_pipeline.reports import FIGURE_SIZES, REPORT_DIR, gradcam_heatmaps, last_conv_layer
+from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
+from mnist_pipeline.evaluation.reports import FIGURE_SIZES, REPORT_DIR, gradcam_heatmaps, last_conv_layer
+from mnist_pipeline.registry.gate import GateConfig
+from mnist_pipeline.registry.promotion import PromotionOptions, promote
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.runs import run_key
+from mnist_pipeline.steps import evaluate, ingest, train
 from mnist_pipeline.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -69,25 +70,25 @@ def test_the_per_class_table_holds_the_evaluated_figures(run: dict[str, Any]) ->
 
 def test_the_published_version_carries_the_report_and_a_model_card(run: dict[str, Any]) -> None:
     outcome = run["outcome"]
-    assert outcome["promoted"] is True
+    assert outcome.promoted is True
     registry = ModelRegistry(open_storage(run["settings"].registry_uri))
-    ref = VersionRef(outcome["model"], outcome["version"])
+    ref = VersionRef(outcome.model, outcome.version)
     for name in FIGURE_SIZES:  # listed in the commit mark, so sha256-verified on every read
         assert read_png(registry.verified_file(ref, f"{REPORT_DIR}/{name}")).shape[0] > 0
     card = registry.verified_file(ref, MODEL_CARD_FILE).decode()
-    assert run["snapshot"]["data_hash"] in card and run["snapshot"]["manifest_hash"] in card
-    assert RUN_ID in card and outcome["verdict"]["reason"] in card
-    assert f"{run['evaluation']['accuracy']:.4f}" in card
+    assert run["snapshot"].data_hash in card and run["snapshot"].manifest_hash in card
+    assert RUN_ID in card and outcome.verdict.reason in card
+    assert f"{run['evaluation'].accuracy:.4f}" in card
     for section in ("Intended use", "Data", "Metrics", "Gate verdict", "Limitations", "Lineage"):
         assert f"## {section}" in card
 
 
 def test_gradcam_finds_the_last_convolution_and_highlights_the_digit(run: dict[str, Any], mnist) -> None:
-    from mnist_pipeline.model_io import load_model_bytes
-    from mnist_pipeline.models import build_model
+    from mnist_pipeline.training.architectures import build_model
+    from mnist_pipeline.training.model_io import load_model_bytes
 
     registry = ModelRegistry(open_storage(run["settings"].registry_uri))
-    ref = VersionRef(run["outcome"]["model"], run["outcome"]["version"])
+    ref = VersionRef(run["outcome"].model, run["outcome"].version)
     model = load_model_bytes(registry.verified_file(ref, "model.keras"))
     convolutions = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert last_conv_layer(model) is convolutions[-1]

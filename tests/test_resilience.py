@@ -8,22 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.data import MnistData, split_validation
+from mnist_pipeline.config import PipelineSettings
+from mnist_pipeline.data.mnist import MnistData, split_validation
 from mnist_pipeline.errors import ConfigError, StorageError
-from mnist_pipeline.registry import ModelRegistry, VersionRef
-from mnist_pipeline.storage import DEFAULT_RETRY_DEADLINE_S, open_storage, retry_deadline
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.storage import open_storage
 from tests.fault_fixtures import RestartableGcsServer, new_bucket_uri
 from tests.trained_runs import assert_ships_the_weights_validation_scored
 
 
 def test_the_retry_deadline_comes_from_the_environment() -> None:
-    assert retry_deadline({}) == DEFAULT_RETRY_DEADLINE_S
-    assert retry_deadline({"MNIST_STORAGE_RETRY_DEADLINE": "2.5"}) == 2.5
-    for bad in ("0", "-3", "soon"):
+    assert PipelineSettings.from_env({}).storage_retry_deadline == PipelineSettings().storage_retry_deadline
+    assert PipelineSettings.from_env({"MNIST_STORAGE_RETRY_DEADLINE": "2.5"}).storage_retry_deadline == 2.5
+    for bad in ("0", "-3", "soon", "nan", "inf"):
         with pytest.raises(
             ConfigError, match=f"MNIST_STORAGE_RETRY_DEADLINE must be a positive number, got '{bad}'"
         ):
-            retry_deadline({"MNIST_STORAGE_RETRY_DEADLINE": bad})
+            PipelineSettings.from_env({"MNIST_STORAGE_RETRY_DEADLINE": bad})
 
 
 def test_an_outage_longer_than_the_deadline_names_the_object(
@@ -57,14 +58,14 @@ def test_only_dead_uploads_are_removed(storage_uri: str, monkeypatch: pytest.Mon
     write_version(registry, mine, committed=False)
     # Just written: another process may still be uploading it.
     assert registry.remove_stale_uploads(keep=mine) == []
-    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "0")
+    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "1e-9")
     assert registry.remove_stale_uploads(keep=mine) == [uploading]
     assert registry.storage.list_keys(uploading.prefix) == []
     assert registry.versions() == [done] and registry.storage.exists(f"{mine.prefix}/model.keras")
 
 
 def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None:
-    from mnist_pipeline.checkpointing import BACKUP_WEIGHTS, ArtifactCheckpoint
+    from mnist_pipeline.training.checkpoint import BACKUP_WEIGHTS, ArtifactCheckpoint
 
     store = open_storage(str(tmp_path / "artifacts"))
     backup = tmp_path / "backup"
@@ -79,13 +80,14 @@ def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None
     assert store.list_keys("runs/r/dnn/checkpoint/") == []  # the foreign checkpoint is gone
 
 
+@pytest.mark.slow
 def test_an_interrupted_cnn_resumes_with_its_averaged_weights(tmp_path: Path, mnist: MnistData) -> None:
     import keras
 
-    from mnist_pipeline.checkpointing import ArtifactCheckpoint
     from mnist_pipeline.config import TrainConfig
-    from mnist_pipeline.evaluation import evaluate_model
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.evaluation.metrics import evaluate_model
+    from mnist_pipeline.training.checkpoint import ArtifactCheckpoint
+    from mnist_pipeline.training.trainer import train_model
 
     class CrashAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

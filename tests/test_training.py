@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.data import MnistData, split_validation
+from mnist_pipeline.data.mnist import MnistData, split_validation
 from mnist_pipeline.errors import ConfigError
-from mnist_pipeline.evaluation import evaluate_model, metrics_from_probabilities
-from mnist_pipeline.training import make_strategy, train_model
+from mnist_pipeline.evaluation.metrics import evaluate_model, metrics_from_probabilities
+from mnist_pipeline.training.trainer import make_strategy, train_model
 from tests.trained_runs import assert_ships_the_weights_validation_scored
 
 
@@ -23,9 +23,10 @@ def test_strategy_is_mirrored_over_the_visible_devices() -> None:
     assert strategy.num_replicas_in_sync == max(1, len(tf.config.list_physical_devices("GPU")))
 
 
+@pytest.mark.slow
 def test_a_tiny_training_run_learns(mnist: MnistData, caplog: pytest.LogCaptureFixture) -> None:
     train, val = split_validation(mnist.x_train[:4000], mnist.y_train[:4000], 0.1, seed=1)
-    with caplog.at_level(logging.INFO, logger="mnist_pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="mnist_pipeline.training.trainer"):
         result = train_model("linear", train, val, TrainConfig(epochs=3, batch_size=64))
     metrics = evaluate_model(result.model, mnist.x_test[:2000], mnist.y_test[:2000])
     assert metrics["accuracy"] > 0.8  # chance is 0.1
@@ -61,6 +62,7 @@ def test_train_config_refuses_bad_values(field: str, value: object) -> None:
         TrainConfig(**{field: value})
 
 
+@pytest.mark.slow
 def test_the_cnn_ships_the_averaged_weights_its_validation_scored(mnist: MnistData) -> None:
     train, val = split_validation(mnist.x_train[:3000], mnist.y_train[:3000], 0.1, seed=1)
     result = train_model("cnn", train, val, TrainConfig(epochs=3, batch_size=32))
@@ -76,7 +78,7 @@ def test_the_cnn_ships_the_averaged_weights_its_validation_scored(mnist: MnistDa
 def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
     horizon: int, planned: int, momentum: float
 ) -> None:
-    from mnist_pipeline.training import _ema_momentum
+    from mnist_pipeline.training.trainer import _ema_momentum
 
     assert _ema_momentum(horizon, planned) == pytest.approx(momentum)
 
@@ -84,12 +86,13 @@ def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
 def test_auto_precision_is_float32_without_a_gpu() -> None:
     import tensorflow as tf
 
-    from mnist_pipeline.training import resolve_precision
+    from mnist_pipeline.training.trainer import resolve_precision
 
     expected = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
     assert resolve_precision("auto") == expected and resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_in_float16_and_answers_in_float32(mnist: MnistData) -> None:
     import keras
 

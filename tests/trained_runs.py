@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 
 if TYPE_CHECKING:
-    from mnist_pipeline.training import TrainResult
+    from mnist_pipeline.training.trainer import TrainResult
 
 
 def evaluate_runs(artifacts: str, source: Path, runs: dict[str, tuple[str, int, int]]) -> dict[str, Any]:
     """`runs`: run id -> (model, training images, epochs); returns run id -> evaluation record."""
-    from mnist_pipeline.pipeline import evaluate, ingest, train
+    from mnist_pipeline.steps import evaluate, ingest, train
 
     evaluations = {}
     for run_id, (model, images, epochs) in runs.items():

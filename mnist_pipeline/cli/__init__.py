@@ -1,0 +1,148 @@
+"""`mnist-pipeline`: the DAG's steps and the registry from a terminal, over the same environment.
+
+    mnist-pipeline ingest | train MODEL | evaluate MODEL | promote | summary
+    mnist-pipeline registry list | show [MODEL/VERSION] | history | promote MODEL/VERSION --reason TEXT
+    mnist-pipeline registry rollback
+
+Steps of one run share `--run-id` (default `cli`). Bad input exits with status 2 and the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.errors import MnistPipelineError
+from mnist_pipeline.training.architectures import MODEL_NAMES
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-id", default="cli", help="groups the steps of one run (default: cli)")
+    parser.add_argument("--source", help="overrides MNIST_SOURCE")
+    parser.add_argument("--max-train-images", type=int, help="overrides MNIST_MAX_TRAIN_IMAGES")
+    steps = parser.add_subparsers(dest="step", required=True)
+    steps.add_parser("ingest", help="load, validate and snapshot MNIST")
+    train = steps.add_parser("train", help="train one model on the run's snapshot")
+    train.add_argument("model", help=f"one of: {', '.join(MODEL_NAMES)}")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--precision", default="auto", help="auto (mixed_float16 on GPU), float32, ...")
+    steps.add_parser("evaluate", help="evaluate one trained model on the test set").add_argument("model")
+    promote = steps.add_parser("promote", help="gate the run's best model and promote it if it wins")
+    promote.add_argument("--force", action="store_true", help="bypass the gate (recorded as forced)")
+    promote.add_argument("--dry-run", action="store_true", help="decide and report; write nothing")
+    promote.add_argument("--margin", type=float, help="accuracy margin to beat (default 0.001)")
+    steps.add_parser("summary", help="print the newest run's results and the champion")
+    _registry_parser(steps.add_parser("registry", help="browse and manage the model registry"))
+    return parser
+
+
+def _registry_parser(registry: argparse.ArgumentParser) -> None:
+    actions = registry.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every published version; * marks the champion")
+    actions.add_parser("show", help="one version's metadata (default: the champion)").add_argument(
+        "ref", nargs="?", metavar="MODEL/VERSION"
+    )
+    actions.add_parser("history", help="every gate decision, promotion and rollback, oldest first")
+    promote = actions.add_parser("promote", help="make a version champion, bypassing the gate")
+    promote.add_argument("ref", metavar="MODEL/VERSION")
+    promote.add_argument("--reason", required=True)
+    actions.add_parser("rollback", help="point back at the previous champion")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = PipelineSettings.from_env().with_overrides(
+            source=args.source, max_train_images=args.max_train_images
+        )
+        print(_registry_action(args, settings) if args.step == "registry" else _run_step(args, settings))
+    except MnistPipelineError as exc:
+        print(f"mnist-pipeline: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
+    from mnist_pipeline import steps
+    from mnist_pipeline.cli.render import render_summary
+    from mnist_pipeline.data.snapshot import SnapshotInfo
+    from mnist_pipeline.runs import model_key, run_key
+    from mnist_pipeline.storage import open_storage
+    from mnist_pipeline.training.architectures import get_model_spec
+    from mnist_pipeline.training.record import TrainingRecord
+
+    artifacts = open_storage(settings.artifacts_uri)
+    if args.step in ("train", "evaluate"):
+        get_model_spec(args.model)  # an unknown name fails before any file is read
+    if args.step == "ingest":
+        return _json(steps.ingest(settings, args.run_id).to_dict())
+    if args.step == "train":
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            precision=args.precision,
+        )
+        key = f"{run_key(args.run_id)}/ingest.json"
+        snapshot = SnapshotInfo.from_dict(artifacts.read_json(key), artifacts.uri(key))
+        return _json(steps.train(args.model, snapshot, config, settings, args.run_id).to_dict())
+    if args.step == "evaluate":
+        key = f"{model_key(args.run_id, args.model)}/training.json"
+        training = TrainingRecord.from_dict(artifacts.read_json(key), artifacts.uri(key))
+        return _json(steps.evaluate(training, settings).to_dict())
+    if args.step == "promote":
+        evaluations = steps.run_evaluations(artifacts, args.run_id)
+        return _json(steps.promote(evaluations, settings, args.run_id, _promotion_options(args)).to_dict())
+    return render_summary(artifacts, settings)
+
+
+def _promotion_options(args: argparse.Namespace) -> Any:
+    from mnist_pipeline.registry.gate import GateConfig
+    from mnist_pipeline.registry.promotion import PromotionOptions
+
+    gate = GateConfig() if args.margin is None else GateConfig(margin=args.margin)
+    return PromotionOptions(gate=gate, force=args.force, dry_run=args.dry_run, trigger=_who())
+
+
+def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> str:
+    from mnist_pipeline.cli import render
+    from mnist_pipeline.registry import operations
+    from mnist_pipeline.registry.store import ModelRegistry, parse_ref
+    from mnist_pipeline.storage import open_storage
+
+    registry = ModelRegistry(open_storage(settings.registry_uri))
+    if args.action == "list":
+        return render.render_versions(registry)
+    if args.action == "show":
+        return _json(render.version_details(registry, parse_ref(args.ref) if args.ref else None))
+    if args.action == "history":
+        return render.render_history(registry)
+    if args.action == "promote":
+        return _json(operations.promote_version(registry, parse_ref(args.ref), args.reason, _who()).to_dict())
+    return _json(operations.rollback(registry, _who()).to_dict())
+
+
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _json(payload: Any) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

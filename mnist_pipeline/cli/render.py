@@ -1,0 +1,75 @@
+"""Human-readable results for the terminal: the newest run's models side by side, the champion,
+the registry's versions and its history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mnist_pipeline.config import PipelineSettings
+from mnist_pipeline.errors import RegistryError, StorageError
+from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.storage import Storage, open_storage
+
+__all__ = ["latest_promotion", "render_history", "render_summary", "render_versions", "version_details"]
+
+
+def latest_promotion(artifacts: Storage) -> dict[str, Any]:
+    decisions = [
+        artifacts.read_json(key) for key in artifacts.list_keys("runs/") if key.endswith("/promotion.json")
+    ]
+    if not decisions:
+        raise StorageError(f"no finished run under {artifacts.uri('runs/')}")
+    return max(decisions, key=lambda decision: decision["time"])
+
+
+def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
+    decision = latest_promotion(artifacts)
+    lines = [
+        f"run {decision['run_id']}",
+        f"{'model':<8} {'test accuracy':>13} {'test loss':>9} {'epochs':>6} {'train s':>8}",
+    ]
+    for row in decision["candidates"]:
+        lines.append(
+            f"{row['model']:<8} {row['accuracy']:>13.4f} {row['loss']:>9.4f}"
+            f" {row['epochs_run']:>6} {row['train_seconds']:>8.1f}"
+        )
+    verdict = "promoted" if decision["promoted"] else "not promoted"
+    lines.append(f"challenger {decision['model']}: {verdict} ({decision['verdict']['reason']})")
+    champion = ModelRegistry(open_storage(settings.registry_uri)).champion()
+    if champion:
+        lines.append(
+            f"champion {champion.model}/{champion.version}"
+            f" accuracy {champion.metrics['accuracy']:.4f} at {champion.uri}"
+        )
+    return "\n".join(lines)
+
+
+def render_versions(registry: ModelRegistry) -> str:
+    champion = registry.champion_ref()
+    lines = [f"  {'model/version':<36} {'accuracy':>8}  trained at"]
+    for ref in registry.versions():
+        metadata = registry.metadata(ref)
+        accuracy = (metadata.get("metrics") or {}).get("accuracy")
+        mark = "*" if ref == champion else " "
+        shown = f"{accuracy:.4f}" if accuracy is not None else "?"
+        lines.append(f"{mark} {ref!s:<36} {shown:>8}  {metadata.get('trained_at', '?')}")
+    return "\n".join(lines) if len(lines) > 1 else "no published versions"
+
+
+def version_details(registry: ModelRegistry, ref: VersionRef | None) -> dict[str, Any]:
+    champion = registry.champion_ref()
+    if ref is None:
+        if champion is None:
+            raise RegistryError("the registry has no champion yet; name a MODEL/VERSION")
+        ref = champion
+    return registry.metadata(ref) | {"uri": registry.uri(ref), "champion": ref == champion}
+
+
+def render_history(registry: ModelRegistry) -> str:
+    lines = []
+    for event in list_events(registry.storage):
+        verdict = "PROMOTED" if event.promoted else "kept"
+        target = f"{event.model}/{event.version or '-'}"
+        lines.append(f"{event.time[:19]}  {event.kind:<16} {verdict:<8} {target:<36} {event.verdict.reason}")
+    return "\n".join(lines) or "no history yet"

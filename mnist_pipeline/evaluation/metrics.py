@@ -1,0 +1,53 @@
+"""Test-set metrics from a model's predicted probabilities: accuracy, loss, per class, confusion."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnist_pipeline.data.mnist import NUM_CLASSES
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = ["evaluate_model", "metrics_from_probabilities", "predict_probabilities"]
+
+_EPSILON = 1e-7  # clips probabilities like Keras' crossentropy does
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    np.add.at(confusion, (labels.astype(np.int64), predicted), 1)  # rows: true, columns: predicted
+    true_positives = np.diag(confusion)
+    predicted_counts, true_counts = confusion.sum(axis=0), confusion.sum(axis=1)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], _EPSILON, 1.0)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(picked).mean()),
+        "test_images": len(labels),
+        "errors": int((predicted != labels).sum()),
+        "per_class": {
+            str(digit): {
+                "precision": _ratio(true_positives[digit], predicted_counts[digit]),
+                "recall": _ratio(true_positives[digit], true_counts[digit]),
+                "support": int(true_counts[digit]),
+            }
+            for digit in range(NUM_CLASSES)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    # A class never predicted has no defined precision; 0.0 is the conventional, safe value.
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def evaluate_model(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    return metrics_from_probabilities(predict_probabilities(model, images), labels)

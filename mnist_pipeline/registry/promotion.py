@@ -1,0 +1,188 @@
+"""Promote the run's best model, only when the gate says it beats the champion.
+
+Order of work, so that no reader ever sees a half-written registry:
+1. gate: the challenger's test predictions against the champion's (re-evaluated when the test set
+   changed), margin + McNemar, or the floor when there is no champion;
+2. serving check: the exported SavedModel, loaded in a clean process, predicts what was evaluated;
+3. publish: every file of the version, then `metadata.json` (the commit mark);
+4. move `champion.json` by compare-and-swap; a lost race re-reads the champion and re-gates;
+5. record the decision in the append-only history, promoted or not.
+A retried task whose run already promoted finds its history event and does nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from mnist_pipeline.config import PipelineSettings
+from mnist_pipeline.data.mnist import MnistData
+from mnist_pipeline.data.snapshot import read_snapshot
+from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.evaluation.record import EvaluationRecord
+from mnist_pipeline.evaluation.serving import ServingCheckError
+from mnist_pipeline.records import Record
+from mnist_pipeline.registry.gate import GateConfig, Verdict, judge
+from mnist_pipeline.registry.history import find_promotion, record_event, stamp
+from mnist_pipeline.registry.publication import publish_challenger
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.runs import model_key, run_key, utc_now
+from mnist_pipeline.storage import Storage, open_storage
+
+__all__ = ["PromotionOptions", "PromotionOutcome", "pick_challenger", "promote"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromotionOptions:
+    gate: GateConfig = field(default_factory=GateConfig)
+    force: bool = False  # bypass the gate (recorded as forced)
+    dry_run: bool = False  # decide and report, write nothing to the registry
+    trigger: str = "manual"  # who or what started the run: scheduled, manual, asset_triggered, cli...
+    run_conf: dict[str, Any] = field(default_factory=dict)  # the run's parameters, for lineage
+
+
+@dataclass(frozen=True)
+class PromotionOutcome(Record):
+    """What the promote step returns through XCom: the decision and its figures, nothing bulky."""
+
+    promoted: bool
+    model: str
+    verdict: Verdict
+    version: str | None = None
+    forced: bool = False
+    dry_run: bool = False
+    metrics: dict[str, float] | None = None
+    previous_champion: VersionSummary | None = None
+    noop: bool = False  # a retried task found its run's promotion already done
+
+    @classmethod
+    def of(cls, event: HistoryEvent, noop: bool = False) -> PromotionOutcome:
+        return cls.carried_over(event, noop=noop)
+
+
+def pick_challenger(evaluations: list[EvaluationRecord]) -> EvaluationRecord:
+    """The evaluation with the best test accuracy (lower loss breaks a tie)."""
+    if not evaluations:
+        raise ConfigError("promote needs at least one evaluated model; none was given")
+    return max(evaluations, key=lambda evaluation: evaluation.rank)
+
+
+@dataclass
+class _Context:
+    registry: ModelRegistry
+    artifacts: Storage
+    challenger: EvaluationRecord
+    data: MnistData
+    run_id: str
+    options: PromotionOptions
+
+
+def promote(
+    evaluations: list[EvaluationRecord],
+    settings: PipelineSettings,
+    run_id: str,
+    options: PromotionOptions | None = None,
+) -> PromotionOutcome:
+    options = options or PromotionOptions()
+    challenger = pick_challenger(evaluations)
+    registry = ModelRegistry(open_storage(settings.registry_uri))
+    done = find_promotion(registry.storage, run_id, challenger.model)
+    if done is not None and not options.dry_run:
+        log.info("run %s already promoted %s/%s: nothing to do", run_id, done.model, done.version)
+        return PromotionOutcome.of(done, noop=True)
+    artifacts = open_storage(settings.artifacts_uri)
+    data = read_snapshot(artifacts, challenger.data_hash)
+    ctx = _Context(registry, artifacts, challenger, data, run_id, options)
+    event = registry.move_champion(lambda champion: _gate(ctx, champion))
+    event = stamp(event) if options.dry_run else record_event(registry.storage, event)
+    candidates = [evaluation.to_dict() for evaluation in sorted(evaluations, key=lambda e: -e.accuracy)]
+    artifacts.write_json(f"{run_key(run_id)}/promotion.json", event.to_dict() | {"candidates": candidates})
+    log.info("promotion of %s: %s", challenger.model, event.verdict.reason)
+    return PromotionOutcome.of(event)
+
+
+def _gate(ctx: _Context, champion: ChampionPointer | None) -> tuple[ChampionPointer | None, HistoryEvent]:
+    """One round of the compare-and-swap: judge against `champion`; publish and point when it wins."""
+    ours = np.load(_npy(ctx.artifacts, f"{_prefix(ctx)}/predictions.npy"), allow_pickle=False)
+    verdict = judge(
+        ctx.data.y_test, ours, _champion_predictions(ctx, champion), ctx.options.gate, ctx.options.force
+    )
+    if ctx.options.dry_run or not verdict.promote:
+        return None, _event(ctx, verdict, champion, promoted=False)
+    try:
+        lineage = {"trigger": ctx.options.trigger, "conf": ctx.options.run_conf}
+        published = publish_challenger(
+            ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, lineage, verdict
+        )
+    except ServingCheckError as exc:
+        blocked = replace(verdict, blocked=str(exc))
+        record_event(ctx.registry.storage, _event(ctx, blocked, champion, promoted=False))
+        raise
+    pointer = ChampionPointer.for_version(
+        VersionSummary(published.model, published.version, _headline(ctx.challenger)),
+        ctx.registry.uri(published),
+        utc_now(),
+        verdict.reason,
+        forced=verdict.forced,
+        run_id=ctx.run_id,
+        test_hash=ctx.challenger.test_hash,
+        data_hash=ctx.challenger.data_hash,
+    )
+    event = _event(ctx, verdict, champion, promoted=True, version=published.version)
+    return pointer.succeeding(champion), event
+
+
+def _champion_predictions(ctx: _Context, champion: ChampionPointer | None) -> np.ndarray | None:
+    """The champion's predicted labels on this run's test set; re-evaluated if that set changed."""
+    if champion is None:
+        return None
+    ref = VersionRef(champion.model, champion.version)
+    if champion.test_hash == ctx.data.test_hash():
+        return ctx.registry.predictions(ref)
+    log.info("test set changed since %s was measured: re-evaluating it", ref)
+    from mnist_pipeline.evaluation.metrics import predict_probabilities
+    from mnist_pipeline.training.model_io import load_model_bytes
+
+    model = load_model_bytes(ctx.registry.verified_file(ref, "model.keras"))
+    return predict_probabilities(model, ctx.data.x_test).argmax(axis=1)
+
+
+def _event(
+    ctx: _Context,
+    verdict: Verdict,
+    champion: ChampionPointer | None,
+    promoted: bool,
+    version: str | None = None,
+) -> HistoryEvent:
+    return HistoryEvent(
+        kind="gate",
+        run_id=ctx.run_id,
+        trigger=ctx.options.trigger,
+        model=ctx.challenger.model,
+        version=version,
+        metrics=_headline(ctx.challenger),
+        verdict=verdict,
+        promoted=promoted,
+        forced=verdict.forced and promoted,
+        dry_run=ctx.options.dry_run,
+        previous_champion=champion.summary() if champion else None,
+    )
+
+
+def _headline(evaluation: EvaluationRecord) -> dict[str, float]:
+    return {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
+
+
+def _prefix(ctx: _Context) -> str:
+    return model_key(ctx.challenger.run_id, ctx.challenger.model)
+
+
+def _npy(storage: Storage, key: str) -> io.BytesIO:
+    return io.BytesIO(storage.read_bytes(key))

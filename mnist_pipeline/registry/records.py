@@ -1,0 +1,117 @@
+"""The registry's typed records: the champion pointer and the history event.
+
+Both are stored as JSON (`mnist/champion.json`, `mnist/history/*.json`) and built only here:
+`ChampionPointer.for_version` and `HistoryEvent` itself. Reading either back goes through
+`from_dict`, which names the object and the field when a stored object is malformed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mnist_pipeline.records import Record
+from mnist_pipeline.registry.gate import Verdict
+
+__all__ = ["POINTER_HISTORY_DEPTH", "ChampionPointer", "HistoryEvent", "VersionSummary"]
+
+POINTER_HISTORY_DEPTH = 10  # how many earlier champions a pointer remembers, for rollback
+
+
+@dataclass(frozen=True)
+class VersionSummary(Record):
+    """A version's identity and headline figures, as history events quote the champion."""
+
+    model: str
+    version: str
+    metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class ChampionPointer(Record):
+    """`mnist/champion.json`: the version that serves, why, and the champions before it."""
+
+    model: str
+    version: str
+    uri: str
+    metrics: dict[str, float]
+    promoted_at: str
+    verdict: str
+    forced: bool = False
+    run_id: str | None = None
+    test_hash: str | None = None  # the test set the metrics were measured on
+    data_hash: str | None = None
+    restored_at: str | None = None  # set when a rollback brought this pointer back
+    previous: ChampionPointer | None = None
+
+    @classmethod
+    def for_version(
+        cls,
+        summary: VersionSummary,
+        uri: str,
+        at: str,
+        verdict: str,
+        *,
+        forced: bool = False,
+        run_id: str | None = None,
+        test_hash: str | None = None,
+        data_hash: str | None = None,
+    ) -> ChampionPointer:
+        """A pointer at a published version, as a gate decision or a person makes one."""
+        return cls(
+            model=summary.model,
+            version=summary.version,
+            uri=uri,
+            metrics=dict(summary.metrics or {}),
+            promoted_at=at,
+            verdict=verdict,
+            forced=forced,
+            run_id=run_id,
+            test_hash=test_hash,
+            data_hash=data_hash,
+        )
+
+    def summary(self) -> VersionSummary:
+        return VersionSummary(self.model, self.version, dict(self.metrics))
+
+    def is_version(self, model: str, version: str) -> bool:
+        return (self.model, self.version) == (model, version)
+
+    def succeeding(self, current: ChampionPointer | None) -> ChampionPointer:
+        """This pointer remembering `current` and its predecessors, up to a fixed depth, for rollback."""
+        return replace(self, previous=_trimmed(current, POINTER_HISTORY_DEPTH))
+
+    def restored(self, at: str) -> ChampionPointer:
+        """This pointer brought back by a rollback."""
+        return replace(self, restored_at=at)
+
+
+def _trimmed(pointer: ChampionPointer | None, depth: int) -> ChampionPointer | None:
+    if pointer is None or depth <= 0:
+        return None
+    return replace(pointer, previous=_trimmed(pointer.previous, depth - 1))
+
+
+@dataclass(frozen=True)
+class HistoryEvent(Record):
+    """One gate decision, manual promotion or rollback, as `mnist/history/` keeps it for good."""
+
+    kind: str  # gate, manual-promotion, rollback
+    model: str
+    verdict: Verdict
+    promoted: bool
+    run_id: str | None = None
+    trigger: str | None = None  # who or what started it: scheduled, manual, asset_triggered, cli:<user>
+    version: str | None = None
+    metrics: dict[str, float] | None = None
+    forced: bool = False
+    dry_run: bool = False
+    previous_champion: VersionSummary | None = None
+    time: str = ""  # UTC, to the microsecond; set when the event is recorded
+
+    @property
+    def reason(self) -> str:
+        reason = self.verdict.reason
+        return f"{reason}; blocked: {self.verdict.blocked}" if self.verdict.blocked else reason
+
+    def is_promotion_of(self, run_id: str, model: str) -> bool:
+        return self.promoted and self.run_id == run_id and self.model == model

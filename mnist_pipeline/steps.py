@@ -1,0 +1,178 @@
+"""The pipeline's steps, as plain functions: `ingest`, `train`, `evaluate`, `promote`.
+
+Airflow tasks and the `mnist-pipeline` CLI both call these. Each step takes and returns small
+records (URIs, hashes, metrics: what XCom may carry; `to_dict` at the XCom boundary) and writes
+its full record under `<artifacts>/runs/<run id>/`, so any step can be re-run or inspected alone.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.data.mnist import MnistData, split_validation
+from mnist_pipeline.data.snapshot import SnapshotInfo, read_snapshot, write_snapshot
+from mnist_pipeline.evaluation.record import EvaluationRecord
+from mnist_pipeline.hashing import read_verified, sha256_hex
+from mnist_pipeline.registry.promotion import promote  # the fourth step, kept with the registry
+from mnist_pipeline.runs import model_key, run_key, utc_now
+from mnist_pipeline.storage import Storage, open_storage
+from mnist_pipeline.training.architectures import MODEL_NAMES, get_model_spec
+from mnist_pipeline.training.record import TrainingRecord
+
+__all__ = ["evaluate", "ingest", "promote", "run_evaluations", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def ingest(settings: PipelineSettings, run_id: str) -> SnapshotInfo:
+    """Load and validate MNIST from the source, add accepted new shards, store it all as a
+    content-addressed snapshot with a manifest of its sources."""
+    from mnist_pipeline.data.training_set import build_training_set
+
+    artifacts = open_storage(settings.artifacts_uri)
+    data, sources = build_training_set(settings, artifacts)
+    snapshot = write_snapshot(data, artifacts, settings.source, sources)
+    artifacts.write_json(f"{run_key(run_id)}/ingest.json", snapshot.to_dict() | {"run_id": run_id})
+    log.info(
+        "ingested %s: %d train / %d test images, hash %s",
+        settings.source,
+        snapshot.train_images,
+        snapshot.test_images,
+        snapshot.data_hash,
+    )
+    return snapshot
+
+
+def train(
+    model_name: str,
+    snapshot: SnapshotInfo,
+    train_config: TrainConfig,
+    settings: PipelineSettings,
+    run_id: str,
+) -> TrainingRecord:
+    """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run.
+
+    Checkpointed after every epoch under `<run>/<model>/checkpoint/`: a retry of a killed attempt
+    resumes from the last epoch stored there."""
+    from mnist_pipeline.training.checkpoint import ArtifactCheckpoint
+    from mnist_pipeline.training.model_io import model_to_bytes
+    from mnist_pipeline.training.trainer import train_model
+
+    get_model_spec(model_name)  # fail before loading any data on an unknown name
+    artifacts = open_storage(settings.artifacts_uri)
+    data = read_snapshot(artifacts, snapshot.data_hash)
+    train_split, val_split = split_validation(
+        data.x_train, data.y_train, train_config.validation_fraction, train_config.seed
+    )
+    prefix = model_key(run_id, model_name)
+    fingerprint = {"data_hash": snapshot.data_hash, "train_config": asdict(train_config)}
+    checkpoint = ArtifactCheckpoint(artifacts, f"{prefix}/checkpoint", fingerprint)
+    result = train_model(model_name, train_split, val_split, train_config, checkpoint=checkpoint)
+    model_bytes = model_to_bytes(result.model)
+    artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
+    record = TrainingRecord(
+        model=model_name,
+        run_id=run_id,
+        data_hash=snapshot.data_hash,
+        manifest_hash=snapshot.manifest_hash or None,
+        model_uri=artifacts.uri(f"{prefix}/model.keras"),
+        model_sha256=sha256_hex(model_bytes),
+        trained_at=utc_now(),
+        epochs_run=result.epochs_run,
+        resumed_from_epoch=result.resumed_from_epoch,
+        epochs_after_resume=result.epochs_after_resume,
+        train_seconds=round(result.train_seconds, 2),
+        global_batch_size=result.global_batch_size,
+        replicas=result.replicas,
+        devices=result.devices,
+        precision=result.precision,
+        model_config=asdict(result.model_config),
+        train_config=asdict(train_config),
+    )
+    artifacts.write_json(f"{prefix}/training.json", record.to_dict() | {"history": result.history})
+    checkpoint.clear()  # the model is stored: nothing is left to resume
+    return record
+
+
+def evaluate(training: TrainingRecord, settings: PipelineSettings) -> EvaluationRecord:
+    """Evaluate a trained model on the fixed test set; store beside it `metrics.json`, the
+    predicted labels (`predictions.npy`, which the promotion gate pairs with the champion's) and
+    the SavedModel export for serving."""
+    from mnist_pipeline.evaluation.metrics import metrics_from_probabilities, predict_probabilities
+
+    artifacts = open_storage(settings.artifacts_uri)
+    prefix = model_key(training.run_id, training.model)
+    model = load_verified_model(artifacts, f"{prefix}/model.keras", training.model_sha256)
+    data = read_snapshot(artifacts, training.data_hash)
+    probabilities = predict_probabilities(model, data.x_test)
+    metrics = metrics_from_probabilities(probabilities, data.y_test) | {"test_hash": data.test_hash()}
+    if len(data.y_new_test):  # held-out slice of newly landed data, reported apart
+        new_probabilities = predict_probabilities(model, data.x_new_test)
+        metrics["new_data"] = metrics_from_probabilities(new_probabilities, data.y_new_test)
+    artifacts.write_json(f"{prefix}/metrics.json", metrics)
+    artifacts.write_bytes(
+        f"{prefix}/predictions.npy", npy_bytes(probabilities.argmax(axis=1).astype(np.uint8))
+    )
+    _export_to(artifacts, f"{prefix}/saved_model", model)
+    _write_report(artifacts, prefix, model, data, probabilities, metrics)
+    log.info("%s: test accuracy %.4f, loss %.4f", training.model, metrics["accuracy"], metrics["loss"])
+    record = EvaluationRecord.carried_over(
+        training,
+        accuracy=metrics["accuracy"],
+        loss=metrics["loss"],
+        test_hash=metrics["test_hash"],
+        new_data_accuracy=metrics.get("new_data", {}).get("accuracy"),
+        metrics_uri=artifacts.uri(f"{prefix}/metrics.json"),
+    )
+    artifacts.write_json(f"{prefix}/evaluation.json", record.to_dict())
+    return record
+
+
+def run_evaluations(artifacts: Storage, run_id: str) -> list[EvaluationRecord]:
+    """The evaluation records of every model evaluated in `run_id`."""
+    keys = [f"{model_key(run_id, name)}/evaluation.json" for name in MODEL_NAMES]
+    return [
+        EvaluationRecord.from_dict(artifacts.read_json(key), artifacts.uri(key))
+        for key in keys
+        if artifacts.exists(key)
+    ]
+
+
+def _write_report(
+    artifacts: Storage, prefix: str, model: Any, data: MnistData, probabilities: np.ndarray, metrics: dict
+) -> None:
+    """The human-readable figures (`<prefix>/report/`), drawn from this very evaluation."""
+    from mnist_pipeline.evaluation.reports import REPORT_DIR, write_report
+
+    history = artifacts.read_json(f"{prefix}/training.json").get("history", {})
+    write_report(
+        artifacts, f"{prefix}/{REPORT_DIR}", model, data.x_test, data.y_test, probabilities, metrics, history
+    )
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _export_to(artifacts: Storage, prefix: str, model: Any) -> None:
+    from mnist_pipeline.training.model_io import export_saved_model
+
+    artifacts.delete(prefix)  # a retried task must not leave files of an earlier export behind
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts.upload_dir(export_saved_model(model, Path(tmp) / "saved_model"), prefix)
+
+
+def load_verified_model(storage: Storage, key: str, expected_sha256: str) -> Any:
+    from mnist_pipeline.training.model_io import load_model_bytes
+
+    return load_model_bytes(read_verified(storage, key, expected_sha256))

@@ -1,0 +1,35 @@
+"""The record of one training: what `train` stores as `training.json` and passes on through XCom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnist_pipeline.records import Record
+
+__all__ = ["TrainingRecord"]
+
+
+@dataclass(frozen=True)
+class TrainingRecord(Record):
+    model: str
+    run_id: str
+    data_hash: str
+    model_uri: str
+    model_sha256: str
+    trained_at: str
+    epochs_run: int  # every epoch the model trained, those before a resume included
+    train_seconds: float
+    global_batch_size: int
+    replicas: int
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    manifest_hash: str | None = None
+    resumed_from_epoch: int = 0
+    epochs_after_resume: int = 0
+    devices: list[str] = field(default_factory=list)
+    precision: str = "float32"  # absent from records written before precision was a setting
+
+    @property
+    def seed(self) -> int:
+        return int(self.train_config.get("seed", 0))

@@ -1,0 +1,257 @@
+"""Train one registered model under a `tf.distribute` strategy.
+
+Follows keras-io's distributed-training guide: variables are created inside `strategy.scope()`,
+and datasets are batched with the global batch (per-replica batch x replicas in sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data.tf_data import make_eval_dataset, make_train_dataset
+from mnist_pipeline.training.architectures import ModelConfig, get_model_spec
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from mnist_pipeline.training.checkpoint import ArtifactCheckpoint
+
+__all__ = ["TrainResult", "make_strategy", "resolve_model_config", "resolve_precision", "train_model"]
+
+log = logging.getLogger(__name__)
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """`MirroredStrategy` over every visible GPU; over the one CPU device when there is none."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # Grow GPU memory on demand, so a second process on the same GPU is not starved.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+
+
+def resolve_precision(requested: str) -> str:
+    """The Keras dtype policy for `requested`; "auto" is mixed_float16 on GPUs, float32 otherwise."""
+    import tensorflow as tf
+
+    if requested != "auto":
+        return requested
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+@contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under the policy `name`, then put the process-wide policy back: a worker
+    process trains several models, and the next one must not inherit this one's precision."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
+    """The model's default config with the run's epochs / batch size / learning rate applied."""
+    overrides = {
+        key: value
+        for key, value in (
+            ("epochs", train.epochs),
+            ("batch_size", train.batch_size),
+            ("learning_rate", train.learning_rate),
+        )
+        if value is not None
+    }
+    return get_model_spec(name).config(**overrides)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    model_config: ModelConfig
+    history: dict[str, list[float]]  # every epoch, those before a resume included
+    epochs_run: int  # every epoch the model has trained, those before a resume included
+    train_seconds: float
+    global_batch_size: int
+    replicas: int
+    devices: list[str] = field(default_factory=list)
+    precision: str = "float32"  # the Keras dtype policy the model was built with
+    resumed_from_epoch: int = 0  # epochs restored from a checkpoint (0: trained from scratch)
+
+    @property
+    def epochs_after_resume(self) -> int:
+        return self.epochs_run - self.resumed_from_epoch
+
+
+def train_model(
+    name: str,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    train_config: TrainConfig | None = None,
+    extra_callbacks: list[Any] | None = None,
+    checkpoint: ArtifactCheckpoint | None = None,
+) -> TrainResult:
+    """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones.
+
+    With a `checkpoint`, the training state is backed up to it after every epoch and, when it holds
+    one from an interrupted attempt, training resumes from there.
+    """
+    import keras
+
+    train_config = train_config or TrainConfig()
+    model_config = resolve_model_config(name, train_config)
+    keras.utils.set_random_seed(train_config.seed)
+    strategy = make_strategy()
+    global_batch = model_config.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
+    precision = resolve_precision(train_config.precision)
+    momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
+    with strategy.scope(), _dtype_policy(precision):
+        model = _compiled_model(name, model_config, steps_per_epoch, momentum)
+    callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1]), averaged=momentum > 0)
+    callbacks += extra_callbacks or []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mnist-backup-") as backup_dir:
+        resumed = _resume_callbacks(checkpoint, Path(backup_dir), callbacks)
+        history = model.fit(
+            make_train_dataset(*train_data, global_batch, train_config.seed),
+            validation_data=make_eval_dataset(*val_data, global_batch),
+            epochs=model_config.epochs,
+            shuffle=False,  # the dataset reshuffles itself every epoch, seeded
+            callbacks=callbacks,
+            verbose=0,
+        )
+    return TrainResult(
+        model=model,
+        model_config=model_config,
+        history=_full_history(history.history, checkpoint),
+        epochs_run=resumed + len(history.epoch),
+        train_seconds=time.perf_counter() - started,
+        global_batch_size=global_batch,
+        replicas=strategy.num_replicas_in_sync,
+        devices=list(strategy.extended.worker_devices),
+        precision=precision,
+        resumed_from_epoch=resumed,
+    )
+
+
+def _full_history(fitted: dict[str, list], checkpoint: ArtifactCheckpoint | None) -> dict[str, list[float]]:
+    """This attempt's per-epoch metrics; with a checkpoint, those of the epochs before a resume too
+    (the checkpoint has recorded every epoch it saved, this attempt's included)."""
+    if checkpoint is not None and checkpoint.history:
+        return {key: list(values) for key, values in checkpoint.history.items()}
+    return {key: [float(v) for v in values] for key, values in fitted.items()}
+
+
+def _compiled_model(
+    name: str, model_config: ModelConfig, steps_per_epoch: int, ema_momentum: float
+) -> keras.Model:
+    """Build and compile the model; call inside the strategy's scope, so variables are mirrored.
+
+    Under mixed_float16, `compile` wraps the optimizer in a `LossScaleOptimizer` by itself.
+    """
+    import keras
+
+    model = get_model_spec(name).builder(model_config)
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            _schedule(model_config, steps_per_epoch),
+            use_ema=ema_momentum > 0,
+            ema_momentum=ema_momentum or 0.99,  # Keras checks the value even when averaging is off
+        ),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _ema_momentum(horizon_steps: int, planned_steps: int) -> float:
+    """The moving-average momentum for a horizon of `horizon_steps`, 0 for no averaging.
+
+    The horizon is capped at a twentieth of the planned steps: Keras' average starts at the
+    initial weights, and a short run (a small slice, one epoch) must not be dragged back to them.
+    """
+    horizon = min(horizon_steps, planned_steps // 20)
+    return 1 - 1 / horizon if horizon >= 2 else 0.0
+
+
+def _resume_callbacks(checkpoint: ArtifactCheckpoint | None, backup_dir: Path, callbacks: list[Any]) -> int:
+    """Put the backup/restore pair first in `callbacks`; returns the epoch training resumes after.
+
+    `BackupAndRestore` restores weights, optimizer state (so the learning-rate schedule continues)
+    and the epoch counter from `backup_dir`, which `checkpoint.restore` filled from the artifacts
+    store; it works under `MirroredStrategy`.
+    """
+    import keras
+
+    from mnist_pipeline.training.checkpoint import CheckpointUploader
+
+    if checkpoint is None:
+        return 0
+    resumed = checkpoint.restore(backup_dir)
+    callbacks[:0] = [
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        CheckpointUploader(checkpoint, backup_dir),
+    ]
+    return resumed
+
+
+def _schedule(config: ModelConfig, steps_per_epoch: int) -> Any:
+    """Half an epoch of linear warm-up, then cosine decay to zero over the planned epochs.
+
+    Warm-up keeps Adam's first, badly scaled steps small; the decay settles the weights at the
+    end instead of letting them jitter at a constant rate (worth a few tenths of a point).
+    """
+    import keras
+
+    warmup = max(1, steps_per_epoch // 2)
+    total = max(warmup + 1, steps_per_epoch * config.epochs)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10,
+        decay_steps=total - warmup,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def _callbacks(train_config: TrainConfig, epochs: int, train_images: int, averaged: bool) -> list[Any]:
+    import keras
+
+    from mnist_pipeline.training.callbacks import EpochLogger
+
+    # With averaged weights, swap them into the model at every epoch's end (and out again before
+    # the next), so validation, early stopping's best weights, the epoch log and any probe after
+    # these callbacks all see the weights that ship. A checkpoint backup, put before this list,
+    # still saves the raw weights training resumes from.
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if averaged else []
+    return [
+        *averaging,
+        # Watch the validation loss (smoother than accuracy), and only in the second half: the
+        # cosine schedule makes its largest gains in the last, low-rate epochs, which an early
+        # plateau at a high rate must not cut off.
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=train_config.early_stopping_patience,
+            start_from_epoch=epochs // 2,
+            restore_best_weights=True,
+        ),
+        EpochLogger(epochs, train_images),
+    ]

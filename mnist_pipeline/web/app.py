@@ -1,0 +1,283 @@
+"""The Model Registry page: a read-only FastAPI app that the Airflow plugin mounts in the api-server.
+
+It shows the champion, every published version with its metrics and gate verdict, the promotion
+history, and each version's report figures and model card, read through `ModelRegistry` at
+`MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is cached).
+
+Every route sits behind Airflow's own authentication: the dependency Airflow's REST API uses
+(`requires_access_view`), which reads the JWT from the `Authorization` header or the `_token`
+cookie the Airflow UI sets at login. A browser without a session is sent to Airflow's login page.
+
+A registry that cannot be read (a bucket that does not exist, an unreachable emulator, a
+storage call that outlives `MNIST_REGISTRY_PAGE_TIMEOUT` seconds) answers 503 with the reason,
+never a stack trace; the traceback goes to the api-server's log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any, TypeVar
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from mnist_pipeline.config import settings
+from mnist_pipeline.errors import MnistPipelineError, RegistryError
+from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
+from mnist_pipeline.evaluation.reports import REPORT_DIR
+from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.storage import open_storage
+from mnist_pipeline.web.templates import render
+
+__all__ = [
+    "URL_PREFIX",
+    "RegistryUnavailableError",
+    "VersionNotFoundError",
+    "airflow_access",
+    "create_app",
+    "load_overview",
+    "load_version",
+    "open_registry",
+    "read_version_file",
+]
+
+log = logging.getLogger(__name__)
+URL_PREFIX = "/model-registry"
+_FIGURE_TITLES = {
+    "confusion_matrix.png": "Confusion matrix",
+    "learning_curves.png": "Learning curves",
+    "misclassified.png": "Most confidently misclassified test digits",
+    "per_class.png": "Per-class precision and recall",
+    "gradcam.png": "Grad-CAM: where the network looked",
+}
+_MEDIA_TYPES = {".png": "image/png", ".md": "text/markdown; charset=utf-8"}
+_Result = TypeVar("_Result")
+
+
+class RegistryUnavailableError(MnistPipelineError):
+    """The registry could not be read in time: the page answers 503 with this message."""
+
+
+class VersionNotFoundError(RegistryError):
+    """No completely published version (or file) by that name: the page answers 404."""
+
+
+def open_registry() -> ModelRegistry:
+    """Read at every request, so the page follows `MNIST_REGISTRY_URI` without a restart."""
+    return ModelRegistry(open_storage(settings().registry_uri))
+
+
+def load_overview(registry: ModelRegistry, link: Callable[[VersionRef], str]) -> dict[str, Any]:
+    """Champion, versions (newest first) and history (newest first), as the overview shows them."""
+    refs = registry.versions()  # lists the bucket: a missing bucket fails here, not silently
+    champion = registry.champion()
+    events = list_events(registry.storage)
+    champion_ref = _ref_of(champion)
+    rows = [_version_row(registry, ref, champion_ref, events, link) for ref in refs]
+    rows.sort(key=lambda row: row["version"], reverse=True)  # version names start with their time
+    shown = champion.to_dict() | {"link": link(champion_ref)} if champion and champion_ref else None
+    return {
+        "registry_uri": registry.storage.root_uri,
+        "champion": shown,
+        "versions": rows,
+        "history": [_history_row(event) for event in reversed(events)],
+    }
+
+
+def load_version(registry: ModelRegistry, ref: VersionRef, file_link: Callable[[str], str]) -> dict[str, Any]:
+    """One version: metadata, metrics, verdict, its report figures and its model card as HTML."""
+    metadata = _published_metadata(registry, ref)
+    files = metadata.get("files_sha256", {})
+    figures = [
+        {"title": title, "link": file_link(f"{REPORT_DIR}/{name}")}
+        for name, title in _FIGURE_TITLES.items()
+        if f"{REPORT_DIR}/{name}" in files
+    ]
+    card = registry.verified_file(ref, MODEL_CARD_FILE).decode() if MODEL_CARD_FILE in files else None
+    return {
+        "model": ref.model,
+        "version": ref.version,
+        "metadata": metadata,
+        "metrics": metadata.get("metrics", {}),
+        "verdict": _verdict_of(ref, list_events(registry.storage)),
+        "is_champion": _ref_of(registry.champion()) == ref,
+        "figures": figures,
+        "model_card_html": _markdown_html(card) if card else "<p>No model card was published.</p>",
+    }
+
+
+def read_version_file(registry: ModelRegistry, ref: VersionRef, name: str) -> tuple[bytes, str]:
+    """A report figure or the model card, sha256-verified; anything else of the version is not served."""
+    served = name == MODEL_CARD_FILE or name.startswith(f"{REPORT_DIR}/")
+    media_type = _MEDIA_TYPES.get(PurePosixPath(name).suffix)
+    if not served or media_type is None or name not in _published_metadata(registry, ref)["files_sha256"]:
+        raise VersionNotFoundError(f"version {ref} has no report file {name!r}")
+    return registry.verified_file(ref, name), media_type
+
+
+def _published_metadata(registry: ModelRegistry, ref: VersionRef) -> dict[str, Any]:
+    if not registry.is_published(ref):
+        raise VersionNotFoundError(f"no published version {ref} in registry {registry.storage.root_uri}")
+    return registry.metadata(ref)
+
+
+def _version_row(
+    registry: ModelRegistry,
+    ref: VersionRef,
+    champion: VersionRef | None,
+    events: list[HistoryEvent],
+    link: Callable[[VersionRef], str],
+) -> dict[str, Any]:
+    metadata = registry.metadata(ref)
+    metrics = metadata.get("metrics", {})
+    return {
+        "model": ref.model,
+        "version": ref.version,
+        "accuracy": metrics.get("accuracy"),
+        "loss": metrics.get("loss"),
+        "trained_at": metadata.get("trained_at"),
+        "verdict": _verdict_of(ref, events),
+        "is_champion": ref == champion,
+        "link": link(ref),
+    }
+
+
+def _verdict_of(ref: VersionRef, events: list[HistoryEvent]) -> str:
+    """The reason of the decision that promoted the version (the gate's, before any manual one)."""
+    promoting = [event for event in events if event.promoted and event.version == ref.version]
+    promoting = [event for event in promoting if event.model == ref.model]
+    promoting.sort(key=lambda event: event.kind != "gate")  # stable: earliest gate decision first
+    return promoting[0].verdict.reason if promoting else "no promoting decision recorded"
+
+
+def _history_row(event: HistoryEvent) -> dict[str, Any]:
+    return event.to_dict() | {"accuracy": (event.metrics or {}).get("accuracy"), "reason": event.reason}
+
+
+def _ref_of(pointer: ChampionPointer | None) -> VersionRef | None:
+    return VersionRef(pointer.model, pointer.version) if pointer else None
+
+
+def _markdown_html(text: str) -> str:
+    # Raw HTML in the card is escaped, never passed through: the card quotes run parameters.
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+async def _off_the_loop(work: Callable[[], _Result]) -> _Result:
+    """Run blocking storage calls in a thread, abandoned (not awaited) once the page timeout passes."""
+    import anyio
+
+    seconds = settings().registry_page_timeout
+    try:
+        with anyio.fail_after(seconds):
+            return await anyio.to_thread.run_sync(_explained(work), abandon_on_cancel=True)
+    except TimeoutError:
+        raise RegistryUnavailableError(f"the model registry did not answer within {seconds:g} s") from None
+
+
+def _explained(work: Callable[[], _Result]) -> Callable[[], _Result]:
+    """`work`, with a failure nobody anticipated (a client library's own error) turned into a
+    `RegistryUnavailableError` that names it; its traceback goes to the log, not to the page."""
+
+    def run() -> _Result:
+        try:
+            return work()
+        except MnistPipelineError:
+            raise
+        except Exception as exc:
+            log.exception("model registry page: reading the registry failed")
+            raise RegistryUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+
+    return run
+
+
+def airflow_access() -> Any:
+    """Airflow's own check: an authenticated user allowed to see the Airflow UI."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import requires_access_view
+
+    return requires_access_view(AccessView.WEBSITE)
+
+
+def create_app(access: Callable[..., Any] | None = None) -> FastAPI:
+    """The app; `access` is the authorization dependency (Airflow's, unless another is given)."""
+    app = FastAPI(
+        title="Model Registry",
+        dependencies=[Depends(access or airflow_access())],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(MnistPipelineError, _registry_error)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/", response_class=HTMLResponse, name="overview")
+    async def overview(request: Request) -> HTMLResponse:
+        def link(ref: VersionRef) -> str:
+            return request.url_for("version_page", model=ref.model, version=ref.version).path
+
+        context = await _off_the_loop(lambda: load_overview(open_registry(), link))
+        return HTMLResponse(render("overview", **context))
+
+    @app.get("/versions/{model}/{version}", response_class=HTMLResponse, name="version_page")
+    async def version_page(request: Request, model: str, version: str) -> HTMLResponse:
+        ref = _parse_ref(model, version)
+
+        def file_link(name: str) -> str:
+            return request.url_for("version_file", model=model, version=version, name=name).path
+
+        context = await _off_the_loop(lambda: load_version(open_registry(), ref, file_link))
+        context["overview_link"] = request.url_for("overview").path
+        return HTMLResponse(render("version", **context))
+
+    @app.get("/versions/{model}/{version}/files/{name:path}", name="version_file")
+    async def version_file(model: str, version: str, name: str) -> Response:
+        ref = _parse_ref(model, version)
+        data, media_type = await _off_the_loop(lambda: read_version_file(open_registry(), ref, name))
+        # A published version never changes: its files may be cached for good.
+        return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=31536000"})
+
+
+def _parse_ref(model: str, version: str) -> VersionRef:
+    try:
+        return VersionRef(model, version)
+    except RegistryError as exc:
+        raise VersionNotFoundError(str(exc)) from None
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _error_page(request: Request, status: int, title: str, message: str) -> Response:
+    if not _wants_html(request):
+        return JSONResponse({"detail": message}, status_code=status)
+    from html import escape
+
+    body = f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1><p>{escape(message)}</p>"
+    return HTMLResponse(body, status_code=status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 401 and _wants_html(request):  # no session: Airflow's login, then back here
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, VersionNotFoundError):
+        return _error_page(request, 404, "Not found", str(exc))
+    log.warning("model registry page: %s", exc)
+    return _error_page(request, 503, "Model registry unavailable", f"model registry unavailable: {exc}")
