@@ -31,9 +31,16 @@ def _artifacts() -> Any:  # a Storage; the library is imported inside tasks only
 @task
 def process_shards() -> dict:
     """Claim, validate and place every waiting shard; report what went where."""
-    from mnist_pipeline.data.incoming import process_incoming
+    from mnist_pipeline.config import settings
+    from mnist_pipeline.data.incoming import INCOMING, process_incoming
+    from mnist_pipeline.data.mnist import load_mnist
 
-    return process_incoming(_artifacts(), get_current_context()["run_id"]).to_dict()
+    artifacts = _artifacts()
+    if not artifacts.list_keys(INCOMING):
+        return {"accepted": [], "rejected": [], "skipped": []}
+    # Base MNIST is the yardstick every shard is checked against (test digits must not leak in).
+    base = load_mnist(settings().source)
+    return process_incoming(artifacts, get_current_context()["run_id"], base).to_dict()
 
 
 @task(outlets=[NEW_LABELLED_DATA])

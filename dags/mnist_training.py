@@ -34,12 +34,14 @@ from airflow.sdk import (
 
 from mnist_pipeline.config import PRECISIONS, settings
 from mnist_pipeline.data.incoming import NEW_DATA_ASSET_NAME
+from mnist_pipeline.registry.gate import GateConfig
 from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS
 
 # TensorFlow is never imported here: each task imports the library step it runs.
 
 SETTINGS = settings()  # schedule, queue and pool are read when the file is parsed
 NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
+GATE = GateConfig()  # the form's promotion defaults
 
 
 def _schedule() -> Any:
@@ -56,6 +58,19 @@ def _positive_or_empty(title: str, description: str, section: str) -> Param:
     """An optional positive integer: empty keeps a default, 0 and negatives are refused."""
     return Param(
         None, type=["null", "integer"], minimum=1, title=title, description=description, section=section
+    )
+
+
+def _fraction(default: float, title: str, description: str) -> Param:
+    """A share of accuracy (0.001 = 0.1 points) in the Promotion section."""
+    return Param(
+        default,
+        type="number",
+        minimum=0,
+        maximum=0.5,
+        title=title,
+        description=description,
+        section="Promotion",
     )
 
 
@@ -104,6 +119,15 @@ PARAMS = {
         description="Empty keeps each model's default (cosine decay after a short warm-up).",
         section="Training",
     ),
+    "warm_start": Param(
+        "auto",
+        type="string",
+        enum=["auto", "on", "off"],
+        title="Warm start",
+        description="Start each model from the champion's weights when the champion is the same"
+        " architecture, with a short schedule. auto: on for runs started by new data, off otherwise.",
+        section="Training",
+    ),
     "precision": Param(
         "auto",
         type="string",
@@ -127,14 +151,34 @@ PARAMS = {
         description="Overrides MNIST_SOURCE: an https:// URL (with #sha256=...), a local path or gs:// URI.",
         section="Data",
     ),
-    "promotion_margin": Param(
-        0.001,
-        type="number",
-        minimum=0,
-        maximum=0.5,
-        title="Promotion margin",
-        description="Test accuracy the challenger must gain over the champion (0.001 = 0.1 points),"
-        " on top of a significant McNemar test.",
+    "promotion_margin": _fraction(
+        GATE.margin,
+        "Promotion margin (mnist_test)",
+        "Accuracy the challenger must gain over the champion on the fixed 10k test set to count as"
+        " better there (0.001 = 0.1 points), on top of a significant McNemar test.",
+    ),
+    "new_data_margin": _fraction(
+        GATE.new_data_margin,
+        "Promotion margin (new_data)",
+        "Accuracy the challenger must gain on the held-out slice of newly landed data to count as"
+        " better there.",
+    ),
+    "non_inferiority_margin": _fraction(
+        GATE.non_inferiority,
+        "Non-inferiority margin",
+        "The challenger may be at most this much below the champion on any slice (0.001 = 0.1 points).",
+    ),
+    "max_recall_drop": _fraction(
+        GATE.max_recall_drop,
+        "Largest recall drop per digit",
+        "No digit's recall on mnist_test may fall more than this below the champion's (0.01 = 1 point).",
+    ),
+    "min_slice_images": Param(
+        GATE.min_slice_images,
+        type="integer",
+        minimum=1,
+        title="Smallest slice that decides",
+        description="A slice with fewer images is reported in the verdict but does not decide.",
         section="Promotion",
     ),
     "force_promote": Param(
@@ -170,6 +214,13 @@ def _train_config(model_name: str) -> Any:
         learning_rate=params["learning_rate"],
         precision=params.get("precision", "auto"),  # absent from runs triggered before it existed
     )
+
+
+def _warm_start_wanted() -> bool:
+    """`warm_start`: on, off, or auto (on for runs that new labelled data started)."""
+    context = get_current_context()
+    wanted = context["params"].get("warm_start", "auto")
+    return wanted == "on" or (wanted == "auto" and _trigger_kind(context) == "asset_triggered")
 
 
 def _run_id() -> str:
@@ -209,7 +260,8 @@ def train(model_name: str, snapshot: dict) -> dict:
         raise AirflowSkipException(f"model {model_name!r} is not selected for this run")
     with _no_retry_on_bad_input():
         info = SnapshotInfo.from_dict(snapshot, "the ingest task's XCom")
-        return steps.train(model_name, info, _train_config(model_name), _settings(), _run_id()).to_dict()
+        config, warm = _train_config(model_name), _warm_start_wanted()
+        return steps.train(model_name, info, config, _settings(), _run_id(), warm_start=warm).to_dict()
 
 
 @task
@@ -223,13 +275,18 @@ def evaluate(training: dict) -> dict:
 
 
 def _promotion_options() -> Any:
-    from mnist_pipeline.registry.gate import GateConfig
     from mnist_pipeline.registry.promotion import PromotionOptions
 
     context = get_current_context()
     params = context["params"]
     return PromotionOptions(
-        gate=GateConfig(margin=params["promotion_margin"]),
+        gate=GateConfig(
+            margin=params["promotion_margin"],
+            new_data_margin=params["new_data_margin"],
+            non_inferiority=params["non_inferiority_margin"],
+            max_recall_drop=params["max_recall_drop"],
+            min_slice_images=params["min_slice_images"],
+        ),
         force=params["force_promote"],
         dry_run=params["dry_run"],
         trigger=_trigger_kind(context),

@@ -160,6 +160,9 @@ class TrainConfig:
     # A Keras dtype policy, or "auto": mixed_float16 where TensorFlow sees a GPU (tensor cores
     # multiply float16 several times faster), float32 on CPUs (which emulate float16).
     precision: str = "auto"
+    # Starting from the champion's weights: the model's short warm-start schedule applies where
+    # `epochs` and `learning_rate` are left empty.
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

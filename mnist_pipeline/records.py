@@ -62,14 +62,29 @@ def _converted(value: object, hint: _Hint, where: str, error: type[MnistPipeline
             return None
         raise error(f"{where} must not be null")
     for option in options:
-        if isinstance(option, type) and is_dataclass(option) and issubclass(option, Record):
+        if _is_record(option):
             if isinstance(value, Mapping):
                 return option.from_dict(value, where, error)
             continue
+        item = _record_items(option)
+        if item is not None and isinstance(value, list | tuple):
+            return [_converted(element, item, f"{where}[{i}]", error) for i, element in enumerate(value)]
         if _matches(value, option):
             return float(value) if option is float else value  # type: ignore[arg-type]
     wanted = " or ".join(_describe(option) for option in options)
     raise error(f"{where} must be {wanted}, got {value!r}")
+
+
+def _is_record(hint: _Hint) -> bool:
+    return isinstance(hint, type) and is_dataclass(hint) and issubclass(hint, Record)
+
+
+def _record_items(hint: _Hint) -> _Hint | None:
+    """The record type of `list[SomeRecord]`; None for any other hint."""
+    if typing.get_origin(hint) is list and len(typing.get_args(hint)) == 1:
+        (item,) = typing.get_args(hint)
+        return item if _is_record(item) else None
+    return None
 
 
 def _union_members(hint: _Hint) -> tuple[_Hint, ...]:

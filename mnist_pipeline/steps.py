@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from mnist_pipeline.data.mnist import MnistData, split_validation
 from mnist_pipeline.data.snapshot import SnapshotInfo, read_snapshot, write_snapshot
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.hashing import read_verified, sha256_hex
-from mnist_pipeline.registry.promotion import promote  # the fourth step, kept with the registry
+from mnist_pipeline.registry.promotion import NEW_DATA_PREDICTIONS, promote  # the fourth step
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.runs import model_key, run_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.training.architectures import MODEL_NAMES, get_model_spec
@@ -57,49 +58,108 @@ def train(
     train_config: TrainConfig,
     settings: PipelineSettings,
     run_id: str,
+    warm_start: bool = False,
 ) -> TrainingRecord:
     """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run.
 
-    Checkpointed after every epoch under `<run>/<model>/checkpoint/`: a retry of a killed attempt
-    resumes from the last epoch stored there."""
+    With `warm_start`, the model begins from the champion's weights when the champion is the same
+    architecture (else it starts cold, and the record says why). Checkpointed after every epoch
+    under `<run>/<model>/checkpoint/`: a retry of a killed attempt resumes from the last epoch."""
     from mnist_pipeline.training.checkpoint import ArtifactCheckpoint
     from mnist_pipeline.training.model_io import model_to_bytes
     from mnist_pipeline.training.trainer import train_model
 
     get_model_spec(model_name)  # fail before loading any data on an unknown name
-    artifacts = open_storage(settings.artifacts_uri)
-    data = read_snapshot(artifacts, snapshot.data_hash)
-    train_split, val_split = split_validation(
-        data.x_train, data.y_train, train_config.validation_fraction, train_config.seed
+    start = (
+        _initialisation(model_name, train_config, settings) if warm_start else _Start.cold("not asked for")
     )
+    train_config = replace(train_config, warm_start=start.weights is not None)
+    artifacts = open_storage(settings.artifacts_uri)
+    train_split, val_split = _splits(artifacts, snapshot.data_hash, train_config)
     prefix = model_key(run_id, model_name)
-    fingerprint = {"data_hash": snapshot.data_hash, "train_config": asdict(train_config)}
+    fingerprint = {
+        "data_hash": snapshot.data_hash,
+        "train_config": asdict(train_config),
+        "start": start.origin,
+    }
     checkpoint = ArtifactCheckpoint(artifacts, f"{prefix}/checkpoint", fingerprint)
-    result = train_model(model_name, train_split, val_split, train_config, checkpoint=checkpoint)
+    result = train_model(
+        model_name, train_split, val_split, train_config, checkpoint=checkpoint, initial_weights=start.weights
+    )
     model_bytes = model_to_bytes(result.model)
     artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
-    record = TrainingRecord(
+    record = TrainingRecord.carried_over(
+        result,
         model=model_name,
         run_id=run_id,
         data_hash=snapshot.data_hash,
         manifest_hash=snapshot.manifest_hash or None,
         model_uri=artifacts.uri(f"{prefix}/model.keras"),
         model_sha256=sha256_hex(model_bytes),
-        trained_at=utc_now(),
-        epochs_run=result.epochs_run,
-        resumed_from_epoch=result.resumed_from_epoch,
-        epochs_after_resume=result.epochs_after_resume,
-        train_seconds=round(result.train_seconds, 2),
-        global_batch_size=result.global_batch_size,
-        replicas=result.replicas,
-        devices=result.devices,
-        precision=result.precision,
-        model_config=asdict(result.model_config),
-        train_config=asdict(train_config),
+        **_training_facts(result, train_config, start),
     )
     artifacts.write_json(f"{prefix}/training.json", record.to_dict() | {"history": result.history})
     checkpoint.clear()  # the model is stored: nothing is left to resume
     return record
+
+
+def _splits(artifacts: Storage, data_hash: str, train_config: TrainConfig) -> tuple[tuple, tuple]:
+    """The snapshot's (train, validation) split: seeded, carved from training data only."""
+    data = read_snapshot(artifacts, data_hash)
+    return split_validation(data.x_train, data.y_train, train_config.validation_fraction, train_config.seed)
+
+
+def _training_facts(result: Any, train_config: TrainConfig, start: _Start) -> dict[str, Any]:
+    """What the training record says of how the model trained, beyond what `result` carries."""
+    return {
+        "trained_at": utc_now(),
+        "epochs_after_resume": result.epochs_after_resume,
+        "train_seconds": round(result.train_seconds, 2),
+        "model_config": asdict(result.model_config),
+        "train_config": asdict(train_config),
+        "initialized_from": start.origin,
+        "initialization": start.note,
+    }
+
+
+@dataclass(frozen=True)
+class _Start:
+    """How a training's weights begin: the champion's (with where they came from), or random."""
+
+    weights: list[np.ndarray] | None
+    origin: dict[str, str] | None
+    note: str
+
+    @classmethod
+    def cold(cls, why: str) -> _Start:
+        return cls(None, None, f"cold start: warm start {why}")
+
+
+def _initialisation(model_name: str, train_config: TrainConfig, settings: PipelineSettings) -> _Start:
+    """The champion's weights when it is the same architecture as `model_name`; else a cold start
+    that says why (in the task log and the training record)."""
+    from mnist_pipeline.training.model_io import load_model_bytes
+    from mnist_pipeline.training.warm_start import weights_mismatch
+
+    registry = ModelRegistry(open_storage(settings.registry_uri))
+    champion = registry.champion()
+    if champion is None or champion.model != model_name:
+        why = (
+            "impossible: no champion yet"
+            if champion is None
+            else (f"impossible: the champion {champion.model}/{champion.version} is another architecture")
+        )
+        log.warning("%s: %s", model_name, why)
+        return _Start.cold(why)
+    ref = VersionRef(champion.model, champion.version)
+    weights = load_model_bytes(registry.verified_file(ref, "model.keras")).get_weights()
+    mismatch = weights_mismatch(model_name, replace(train_config, warm_start=True), weights)
+    if mismatch:
+        log.warning("%s: warm start impossible: the champion %s does not fit: %s", model_name, ref, mismatch)
+        return _Start.cold(f"impossible: the champion {ref} does not fit ({mismatch})")
+    log.info("%s starts from the weights of the champion %s", model_name, ref)
+    origin = {"model": ref.model, "version": ref.version, "uri": registry.uri(ref)}
+    return _Start(weights, origin, f"warm start from the champion {ref}")
 
 
 def evaluate(training: TrainingRecord, settings: PipelineSettings) -> EvaluationRecord:
@@ -114,13 +174,14 @@ def evaluate(training: TrainingRecord, settings: PipelineSettings) -> Evaluation
     data = read_snapshot(artifacts, training.data_hash)
     probabilities = predict_probabilities(model, data.x_test)
     metrics = metrics_from_probabilities(probabilities, data.y_test) | {"test_hash": data.test_hash()}
-    if len(data.y_new_test):  # held-out slice of newly landed data, reported apart
+    new_data_hash = data.new_data_hash()
+    if new_data_hash:  # the held-out slice of newly landed data: the gate's second slice
         new_probabilities = predict_probabilities(model, data.x_new_test)
         metrics["new_data"] = metrics_from_probabilities(new_probabilities, data.y_new_test)
+        metrics["new_data"]["slice_hash"] = new_data_hash
+        artifacts.write_bytes(f"{prefix}/{NEW_DATA_PREDICTIONS}", labels_npy(new_probabilities))
     artifacts.write_json(f"{prefix}/metrics.json", metrics)
-    artifacts.write_bytes(
-        f"{prefix}/predictions.npy", npy_bytes(probabilities.argmax(axis=1).astype(np.uint8))
-    )
+    artifacts.write_bytes(f"{prefix}/predictions.npy", labels_npy(probabilities))
     _export_to(artifacts, f"{prefix}/saved_model", model)
     _write_report(artifacts, prefix, model, data, probabilities, metrics)
     log.info("%s: test accuracy %.4f, loss %.4f", training.model, metrics["accuracy"], metrics["loss"])
@@ -130,6 +191,7 @@ def evaluate(training: TrainingRecord, settings: PipelineSettings) -> Evaluation
         loss=metrics["loss"],
         test_hash=metrics["test_hash"],
         new_data_accuracy=metrics.get("new_data", {}).get("accuracy"),
+        new_data_hash=new_data_hash,
         metrics_uri=artifacts.uri(f"{prefix}/metrics.json"),
     )
     artifacts.write_json(f"{prefix}/evaluation.json", record.to_dict())
@@ -158,9 +220,10 @@ def _write_report(
     )
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+def labels_npy(probabilities: np.ndarray) -> bytes:
+    """The predicted labels as `.npy` bytes: what the gate pairs with the champion's."""
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    np.save(buffer, probabilities.argmax(axis=1).astype(np.uint8), allow_pickle=False)
     return buffer.getvalue()
 
 

@@ -22,7 +22,7 @@ import pytest
 from mnist_pipeline import cli
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data.incoming import INCOMING, REJECTED, process_incoming
-from mnist_pipeline.data.mnist import IDX_FILES, MnistData
+from mnist_pipeline.data.mnist import IDX_FILES, MnistData, load_mnist
 from mnist_pipeline.data.snapshot import SnapshotInfo
 from mnist_pipeline.errors import ConfigError, DataError, MnistPipelineError, StorageError, UnknownModelError
 from mnist_pipeline.hashing import sha256_hex
@@ -188,7 +188,7 @@ def test_an_empty_incoming_shard_is_rejected_with_its_reason(
     path.parent.mkdir(parents=True)
     # Both arrays present, well typed, and holding no image at all.
     np.savez(path, images=np.zeros((0, 28, 28), np.uint8), labels=np.zeros((0,), np.uint8))
-    report = process_incoming(artifacts, "run-incoming")
+    report = process_incoming(artifacts, "run-incoming", load_mnist(guarded.source))
     assert report.accepted == [] and [r["shard"] for r in report.rejected] == ["empty.npz"]
     reason = report.rejected[0]["reason"]
     assert "empty.npz" in reason and "images is empty" in reason

@@ -49,7 +49,7 @@ def test_shards_are_placed_with_reasons_and_processed_once(storage_uri: str, mni
     storage = open_storage(storage_uri)
     drop_valid_and_invalid(storage, mnist)
     drop_shard(storage, "empty.npz", np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8))
-    report = process_incoming(storage, "run-1")
+    report = process_incoming(storage, "run-1", mnist)
 
     assert [s["source"] for s in report.accepted] == ["batch-1.npz"]
     assert report.accepted[0]["images"] == 1200
@@ -61,7 +61,7 @@ def test_shards_are_placed_with_reasons_and_processed_once(storage_uri: str, mni
     assert "labels must be 0-9" in storage.read_bytes(reason_file).decode()
     assert len(accepted_shards(storage)) == 1
 
-    again = process_incoming(storage, "run-2")
+    again = process_incoming(storage, "run-2", mnist)
     assert again.accepted == [] and again.rejected == []
 
 
@@ -75,17 +75,17 @@ def test_a_shard_claimed_by_another_run_is_left_to_it(storage_uri: str, mnist: M
     assert storage.write_if_generation(
         f"{CLAIMS}batch-1.npz-{sha256_hex(raw)[:16]}.json", b'{"run_id": "a"}', "0"
     )
-    assert process_incoming(storage, "b").skipped == ["batch-1.npz"]
-    assert process_incoming(storage, "a").accepted[0]["source"] == "batch-1.npz"  # its retry proceeds
+    assert process_incoming(storage, "b", mnist).skipped == ["batch-1.npz"]
+    assert process_incoming(storage, "a", mnist).accepted[0]["source"] == "batch-1.npz"  # its retry proceeds
 
 
 def test_announcements_wait_for_enough_images_and_happen_once(storage_uri: str, mnist: MnistData) -> None:
     storage = open_storage(storage_uri)
     drop_shard(storage, "small.npz", mnist.x_train[:600], mnist.y_train[:600])
-    process_incoming(storage, "r1")
+    process_incoming(storage, "r1", mnist)
     assert announce_pending(storage, threshold=1000) is None
     drop_shard(storage, "more.npz", mnist.x_train[600:1100], mnist.y_train[600:1100])
-    process_incoming(storage, "r2")
+    process_incoming(storage, "r2", mnist)
     announcement = announce_pending(storage, threshold=1000)
     assert announcement["images"] == 1100 and len(announcement["shards"]) == 2
     assert announce_pending(storage, threshold=1000) is None

@@ -17,7 +17,7 @@ import pytest
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.evaluation.serving import ServingCheckError
-from mnist_pipeline.registry.gate import GateConfig, judge, mcnemar_exact
+from mnist_pipeline.registry.gate import MNIST_TEST, GateConfig, Slice, judge, mcnemar_exact
 from mnist_pipeline.registry.history import list_events
 from mnist_pipeline.registry.operations import promote_version, rollback
 from mnist_pipeline.registry.promotion import PromotionOptions, PromotionOutcome, promote
@@ -209,12 +209,13 @@ def test_the_gate_wants_a_margin_and_significance() -> None:
     slightly_better = champion.copy()
     slightly_better[:25] = 0  # fixes 25...
     slightly_better[200:214] = 1  # ...breaks 14: +0.11 points, p ~ 0.11
-    verdict = judge(labels, slightly_better, champion, GateConfig())
+    verdict = judge([Slice(MNIST_TEST, labels, slightly_better, champion)], GateConfig())
     assert not verdict.promote and "not significant" in verdict.reason and (verdict.b, verdict.c) == (14, 25)
     clearly_better = champion.copy()
     clearly_better[:60] = 0  # fixes 60, breaks none
-    assert judge(labels, clearly_better, champion, GateConfig()).promote
-    assert not judge(labels, clearly_better, champion, GateConfig(margin=0.01)).promote  # +0.6 < 1 point
+    assert judge([Slice(MNIST_TEST, labels, clearly_better, champion)], GateConfig()).promote
+    # +0.6 < 1 point
+    assert not judge([Slice(MNIST_TEST, labels, clearly_better, champion)], GateConfig(margin=0.01)).promote
 
 
 def test_mcnemar_matches_the_binomial_tail() -> None:

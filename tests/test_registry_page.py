@@ -126,6 +126,9 @@ def test_a_version_page_shows_its_figures_and_model_card(page, registry_uri: str
     html = response.text
     assert champion.data_hash in html.split('id="model-card"')[1]  # the card, rendered
     assert "<h2>Gate verdict</h2>" in html and "<table>" in html.split('id="model-card"')[1]
+    # It beat the linear champion on the mnist_test slice: the page lists the slice's figures.
+    slices = html.split('id="slices"')[1].split("</table>")[0]
+    assert 'data-slice="mnist_test"' in slices and "better" in slices
     figures = re.findall(r'<img src="([^"]+)"', html)
     assert len(figures) == len(FIGURE_SIZES) - 1  # a DNN has no convolution: no Grad-CAM
     for link in figures:

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--precision", default="auto", help="auto (mixed_float16 on GPU), float32, ...")
+    train.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="start from the champion's weights if it is this architecture",
+    )
     steps.add_parser("evaluate", help="evaluate one trained model on the test set").add_argument("model")
     promote = steps.add_parser("promote", help="gate the run's best model and promote it if it wins")
     promote.add_argument("--force", action="store_true", help="bypass the gate (recorded as forced)")
@@ -99,7 +104,8 @@ def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
         )
         key = f"{run_key(args.run_id)}/ingest.json"
         snapshot = SnapshotInfo.from_dict(artifacts.read_json(key), artifacts.uri(key))
-        return _json(steps.train(args.model, snapshot, config, settings, args.run_id).to_dict())
+        record = steps.train(args.model, snapshot, config, settings, args.run_id, warm_start=args.warm_start)
+        return _json(record.to_dict())
     if args.step == "evaluate":
         key = f"{model_key(args.run_id, args.model)}/training.json"
         training = TrainingRecord.from_dict(artifacts.read_json(key), artifacts.uri(key))

@@ -3,7 +3,13 @@
 A shard is an `.npz` with `images` (N x 28 x 28 uint8) and `labels` (N, 0-9). Processing claims the
 shard by creating a claim object that may not exist yet (compare-and-swap), so two overlapping runs
 never both take it and a retried run picks up its own claims. A valid shard moves to `accepted/`
-with a sidecar JSON (sha256, image count); an invalid one to `rejected/` with a `.reason.txt`.
+with a sidecar JSON (sha256, image count, statistics, flags); an invalid one to `rejected/` with a
+`.reason.txt`.
+
+The yardstick guard: a shard holding images that duplicate MNIST test images (exactly, shifted by
+a pixel, or with a few pixels changed) is rejected, since training on them would inflate the very
+accuracy the gate compares; so is one that duplicates images of the held-out `new_data` slice, or
+that holds blank images. A strongly skewed label histogram is accepted but flagged.
 
 Accepted shards wait until at least `MNIST_MIN_NEW_IMAGES` images are pending, then are announced
 once (an Airflow Asset event): a trickle of tiny shards does not retrain every few minutes.
@@ -19,19 +25,25 @@ from typing import Any
 
 import numpy as np
 
-from mnist_pipeline.data.mnist import check_images, check_labels
+from mnist_pipeline.data.duplicates import DuplicateIndex
+from mnist_pipeline.data.mnist import MnistData, check_images, check_labels
+from mnist_pipeline.data.shard_stats import ShardStatistics, shard_statistics
+from mnist_pipeline.data.slices import held_out_mask
 from mnist_pipeline.errors import DataError, StorageError
-from mnist_pipeline.hashing import sha256_hex
+from mnist_pipeline.hashing import read_verified, sha256_hex
 from mnist_pipeline.storage import Storage, compare_and_swap
 
 __all__ = [
     "ACCEPTED",
+    "INCOMING",
     "NEW_DATA_ASSET_NAME",
     "ShardReport",
+    "Yardstick",
     "accepted_shards",
     "announce_pending",
     "parse_shard",
     "process_incoming",
+    "read_accepted",
 ]
 
 NEW_DATA_ASSET_NAME = "mnist_new_labelled_data"
@@ -70,9 +82,51 @@ class ShardReport:
         return {"accepted": self.accepted, "rejected": self.rejected, "skipped": self.skipped}
 
 
-def process_incoming(artifacts: Storage, run_id: str) -> ShardReport:
-    """Claim, validate and place every shard waiting under `incoming/`."""
+class Yardstick:
+    """What every shard is checked against: base MNIST's test images, label shares and ink, and
+    the held-out slice of the shards accepted so far (it grows as this run accepts more)."""
+
+    def __init__(self, base: MnistData, held_out: np.ndarray) -> None:
+        self.test_index = DuplicateIndex.of(base.x_test)
+        self.held_out = DuplicateIndex.of(held_out)
+        self.base_labels, self.base_ink = base.y_train, float(base.x_train.mean())
+
+    @classmethod
+    def of(cls, base: MnistData, artifacts: Storage) -> Yardstick:
+        held = [images[held_out_mask(images)] for images, _ in _accepted_arrays(artifacts)]
+        return cls(base, np.concatenate(held) if held else np.zeros((0, 28, 28), dtype=np.uint8))
+
+    def check(self, images: np.ndarray, labels: np.ndarray, uri: str) -> ShardStatistics:
+        """The shard's statistics; blank images or duplicates of the yardstick raise `DataError`."""
+        stats = shard_statistics(images, labels, self.base_labels, self.base_ink)
+        total = len(images)
+        if stats.blank_images:
+            raise DataError(
+                f"data source {uri!r}: {stats.blank_images} of {total} images are blank (no stroke)"
+            )
+        for duplicated, what in (
+            (self.test_index, "MNIST test images"),
+            (self.held_out, "held-out new-data images"),
+        ):
+            count = int(duplicated.duplicates(images).sum())
+            if count:
+                raise DataError(
+                    f"data source {uri!r}: {count} of {total} images duplicate {what} (exactly, shifted by a"
+                    " pixel or with a few pixels changed); training on them would leak the yardstick"
+                )
+        return stats
+
+    def accept(self, images: np.ndarray) -> None:
+        """Add an accepted shard's held-out images, so later shards are checked against them too."""
+        held = images[held_out_mask(images)]
+        if len(held):
+            self.held_out = DuplicateIndex.of(np.concatenate([self.held_out.images, held]))
+
+
+def process_incoming(artifacts: Storage, run_id: str, base: MnistData) -> ShardReport:
+    """Claim, validate and place every shard waiting under `incoming/`, judged against `base`."""
     report = ShardReport()
+    yardstick: Yardstick | None = None  # built on the first shard: most runs find none
     for key in artifacts.list_keys(INCOMING):
         name = key.removeprefix(INCOMING)
         if not name.endswith(".npz") or "/" in name:
@@ -85,7 +139,8 @@ def process_incoming(artifacts: Storage, run_id: str) -> ShardReport:
         if not _claim(artifacts, f"{CLAIMS}{name}-{digest[:16]}.json", run_id):
             report.skipped.append(name)
             continue
-        _place(artifacts, name, raw, digest, report)
+        yardstick = yardstick or Yardstick.of(base, artifacts)
+        _place(artifacts, name, raw, digest, report, yardstick)
         artifacts.delete(key)
     return report
 
@@ -98,21 +153,34 @@ def _claim(artifacts: Storage, claim_key: str, run_id: str) -> bool:
     return json.loads(artifacts.read_bytes(claim_key)).get("run_id") == run_id
 
 
-def _place(artifacts: Storage, name: str, raw: bytes, digest: str, report: ShardReport) -> None:
+def _place(
+    artifacts: Storage, name: str, raw: bytes, digest: str, report: ShardReport, yardstick: Yardstick
+) -> None:
     stored = f"{digest[:16]}-{name}"  # content in the name: a re-sent shard never overwrites another
+    uri = artifacts.uri(f"{INCOMING}{name}")
     try:
-        images, _ = parse_shard(raw, artifacts.uri(f"{INCOMING}{name}"))
+        images, labels = parse_shard(raw, uri)
+        stats = yardstick.check(images, labels, uri)
     except DataError as exc:
         artifacts.write_bytes(f"{REJECTED}{stored}", raw)
         artifacts.write_bytes(f"{REJECTED}{stored}.reason.txt", f"{exc}\n".encode())
         report.rejected.append({"shard": name, "reason": str(exc)})
         log.warning("rejected shard %s: %s", name, exc)
         return
-    info = {"shard": stored, "source": name, "sha256": digest, "images": len(images)}
+    flags = [stats.skew] if stats.skew else []
+    info = {
+        "shard": stored,
+        "source": name,
+        "sha256": digest,
+        "images": len(images),
+        "statistics": stats.to_dict(),
+        "flags": flags,
+    }
     artifacts.write_bytes(f"{ACCEPTED}{stored}", raw)
     artifacts.write_json(f"{ACCEPTED}{stored}.json", info)  # sidecar last: marks the shard complete
+    yardstick.accept(images)
     report.accepted.append(info)
-    log.info("accepted shard %s: %d images", name, len(images))
+    log.info("accepted shard %s: %d images%s", name, len(images), f", flagged: {flags[0]}" if flags else "")
 
 
 def accepted_shards(artifacts: Storage) -> list[dict[str, Any]]:
@@ -120,11 +188,21 @@ def accepted_shards(artifacts: Storage) -> list[dict[str, Any]]:
     return [artifacts.read_json(key) for key in artifacts.list_keys(ACCEPTED) if key.endswith(".npz.json")]
 
 
+def read_accepted(artifacts: Storage, shard: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """An accepted shard's (images, labels), refused unless its bytes are those accepted."""
+    key = f"{ACCEPTED}{shard['shard']}"
+    return parse_shard(read_verified(artifacts, key, shard["sha256"], DataError), artifacts.uri(key))
+
+
+def _accepted_arrays(artifacts: Storage) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [read_accepted(artifacts, shard) for shard in accepted_shards(artifacts)]
+
+
 def announce_pending(artifacts: Storage, threshold: int) -> dict[str, Any] | None:
     """Mark the accepted shards not yet announced as announced, if they hold >= `threshold` images.
 
-    Returns the announcement (shards, image count) or None below the threshold. Compare-and-swap
-    on the ledger: overlapping runs never announce the same shard twice.
+    Returns the announcement (shards, image count, flagged shards) or None below the threshold.
+    Compare-and-swap on the ledger: overlapping runs never announce the same shard twice.
     """
 
     def decide(raw: bytes | None) -> tuple[bytes | None, dict[str, Any] | None]:
@@ -134,9 +212,8 @@ def announce_pending(artifacts: Storage, threshold: int) -> dict[str, Any] | Non
         if not pending or images < threshold:
             return None, None
         ledger = {"shards": sorted(announced | {s["shard"] for s in pending})}
-        return json.dumps(ledger, indent=2).encode(), {
-            "shards": [s["shard"] for s in pending],
-            "images": images,
-        }
+        flagged = [{"shard": s["shard"], "flags": s["flags"]} for s in pending if s.get("flags")]
+        announcement = {"shards": [s["shard"] for s in pending], "images": images, "flagged": flagged}
+        return json.dumps(ledger, indent=2).encode(), announcement
 
     return compare_and_swap(artifacts, ANNOUNCED_KEY, decide)

@@ -77,6 +77,12 @@ class MnistData:
         """The hash of the test split alone: models measured on equal test hashes are comparable."""
         return _hash_arrays({"x_test": self.x_test, "y_test": self.y_test})
 
+    def new_data_hash(self) -> str | None:
+        """The hash of the held-out new-data slice; None while no new data has landed."""
+        if not len(self.y_new_test):
+            return None
+        return _hash_arrays({"x_new_test": self.x_new_test, "y_new_test": self.y_new_test})
+
     def head(self, max_train_images: int) -> MnistData:
         """Keep the first `max_train_images` training images (0 keeps all); the test set stays whole."""
         if not max_train_images or max_train_images >= len(self.y_train):

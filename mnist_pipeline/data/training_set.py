@@ -1,8 +1,9 @@
 """The training set of a run: base MNIST plus every accepted shard of new labelled data.
 
-The fixed 10k test set is never touched, so champions stay comparable. A tenth of each shard
-(chosen by a seed drawn from the shard's hash, so always the same images) is held out and reported
-as a separate "new data" accuracy. The manifest lists every source with its sha256.
+The fixed 10k test set is never touched, so champions stay comparable. About a tenth of every
+shard is held out as the `new_data` slice, which the gate judges champion and challenger on: an
+image's side is decided by its own content hash, so it never changes, whichever shard brings it
+and however many shards arrive after it. The manifest lists every source with its sha256.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.data.incoming import ACCEPTED, accepted_shards, parse_shard
+from mnist_pipeline.data.incoming import ACCEPTED, accepted_shards, read_accepted
 from mnist_pipeline.data.mnist import MnistData, read_mnist
-from mnist_pipeline.errors import DataError
-from mnist_pipeline.hashing import read_verified
+from mnist_pipeline.data.slices import held_out_mask
 from mnist_pipeline.storage import Storage
 
-__all__ = ["HELD_OUT_FRACTION", "build_training_set"]
-
-HELD_OUT_FRACTION = 0.1
+__all__ = ["build_training_set"]
 
 
 def build_training_set(
@@ -50,6 +48,7 @@ def build_training_set(
                 "sha256": shard["sha256"],
                 "train_images": len(train_part[1]),
                 "held_out_images": len(held_out[1]),
+                "flags": shard.get("flags", []),
             }
         )
     if not parts:
@@ -64,10 +63,6 @@ def build_training_set(
 
 
 def _split_shard(artifacts: Storage, shard: dict[str, Any]) -> tuple[tuple, tuple]:
-    key = f"{ACCEPTED}{shard['shard']}"
-    raw = read_verified(artifacts, key, shard["sha256"], DataError)
-    images, labels = parse_shard(raw, artifacts.uri(key))
-    order = np.random.default_rng(int(shard["sha256"][:8], 16)).permutation(len(labels))
-    held = round(len(labels) * HELD_OUT_FRACTION) if len(labels) > 1 else 0
-    train_idx, held_idx = order[held:], order[:held]
-    return (images[train_idx], labels[train_idx]), (images[held_idx], labels[held_idx])
+    images, labels = read_accepted(artifacts, shard)
+    held = held_out_mask(images)
+    return (images[~held], labels[~held]), (images[held], labels[held])

@@ -85,10 +85,48 @@ def _verdict_section(verdict: dict[str, Any] | None) -> str:
     ]
     if verdict.get("p_value") is not None:
         lines.append(
-            f"- McNemar exact test: b={verdict['b']} (champion right, challenger wrong), "
+            f"- McNemar exact test on mnist_test: b={verdict['b']} (champion right, challenger wrong), "
             f"c={verdict['c']} (challenger right, champion wrong), p={verdict['p_value']:.3g}"
         )
-    return "\n".join(lines)
+    if verdict.get("rule"):
+        lines.append(f"- deciding rule: {verdict['rule']}")
+    drops = verdict.get("recall_drops") or {}
+    if drops:
+        digit = max(drops, key=lambda name: drops[name])
+        lines.append(f"- largest recall drop on mnist_test: digit {digit}, {drops[digit] * 100:.2f} points")
+    return "\n".join(lines) + _slice_table(verdict.get("slices") or [])
+
+
+def _slice_table(slices: list[dict[str, Any]]) -> str:
+    """Every slice the gate judged: images, both accuracies, McNemar's b/c/p and what it decided."""
+    if not slices:
+        return ""
+    rows = [
+        "| slice | images | challenger | champion | b | c | p (Holm) | margin | role |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(_slice_row(piece) for piece in slices),
+    ]
+    return "\n\n" + "\n".join(rows)
+
+
+def _slice_row(piece: dict[str, Any]) -> str:
+    champion, p = piece.get("champion_accuracy"), piece.get("adjusted_p_value")
+    if not piece.get("decides"):
+        role = "reported only (too small)"
+    else:
+        role = "better" if piece.get("better") else "worse" if piece.get("worse") else "no change"
+    cells = [
+        piece["name"],
+        str(piece["images"]),
+        f"{piece['challenger_accuracy']:.4f}",
+        "" if champion is None else f"{champion:.4f}",
+        str(piece.get("b", "")),
+        str(piece.get("c", "")),
+        "" if p is None else f"{p:.3g}",
+        f"{piece.get('margin', 0) * 100:.2f} pt",
+        role,
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _lineage_section(metadata: dict[str, Any], training: dict[str, Any]) -> str:
@@ -99,6 +137,7 @@ def _lineage_section(metadata: dict[str, Any], training: dict[str, Any]) -> str:
             f"- trigger: {run.get('trigger', 'unknown')}",
             f"- trained at: {metadata.get('trained_at')}, {training.get('epochs_run')} epochs, "
             f"{training.get('train_seconds')} s on {', '.join(training.get('devices') or ['?'])}",
+            f"- weights: {training.get('initialization', 'cold start')}",
             f"- model.keras sha256: `{training.get('model_sha256')}`",
             f"- manifest hash: `{metadata.get('manifest_hash') or 'not recorded'}`",
             f"- model settings: `{metadata.get('params', {}).get('model')}`",

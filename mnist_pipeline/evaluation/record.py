@@ -23,6 +23,7 @@ class EvaluationRecord(Record):
     epochs_run: int
     train_seconds: float
     new_data_accuracy: float | None = None  # on the held-out part of newly landed shards
+    new_data_hash: str | None = None  # that slice's hash; None while no new data has landed
 
     @property
     def rank(self) -> tuple[float, float]:

@@ -1,8 +1,9 @@
 """Promote the run's best model, only when the gate says it beats the champion.
 
 Order of work, so that no reader ever sees a half-written registry:
-1. gate: the challenger's test predictions against the champion's (re-evaluated when the test set
-   changed), margin + McNemar, or the floor when there is no champion;
+1. gate: the challenger's predictions against the champion's on every slice (`mnist_test`, and
+   `new_data` once new labelled data has landed; the champion is evaluated on a slice it has not
+   seen, its predictions cached by the slice's hash), or the floor when there is no champion;
 2. serving check: the exported SavedModel, loaded in a clean process, predicts what was evaluated;
 3. publish: every file of the version, then `metadata.json` (the commit mark);
 4. move `champion.json` by compare-and-swap; a lost race re-reads the champion and re-gates;
@@ -26,7 +27,7 @@ from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.serving import ServingCheckError
 from mnist_pipeline.records import Record
-from mnist_pipeline.registry.gate import GateConfig, Verdict, judge
+from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig, Slice, Verdict, judge
 from mnist_pipeline.registry.history import find_promotion, record_event, stamp
 from mnist_pipeline.registry.publication import publish_challenger
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
@@ -34,9 +35,11 @@ from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.runs import model_key, run_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 
-__all__ = ["PromotionOptions", "PromotionOutcome", "pick_challenger", "promote"]
+__all__ = ["NEW_DATA_PREDICTIONS", "PromotionOptions", "PromotionOutcome", "pick_challenger", "promote"]
 
 log = logging.getLogger(__name__)
+NEW_DATA_PREDICTIONS = "new_data_predictions.npy"  # beside predictions.npy in the run's model folder
+PREDICTION_CACHE = "prediction-cache"  # <artifacts>/prediction-cache/<model>/<version>/<slice>-<hash>.npy
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class _Context:
     data: MnistData
     run_id: str
     options: PromotionOptions
+    champion_models: dict[VersionRef, Any] = field(default_factory=dict)  # loaded once per promotion
 
 
 def promote(
@@ -110,10 +114,7 @@ def promote(
 
 def _gate(ctx: _Context, champion: ChampionPointer | None) -> tuple[ChampionPointer | None, HistoryEvent]:
     """One round of the compare-and-swap: judge against `champion`; publish and point when it wins."""
-    ours = np.load(_npy(ctx.artifacts, f"{_prefix(ctx)}/predictions.npy"), allow_pickle=False)
-    verdict = judge(
-        ctx.data.y_test, ours, _champion_predictions(ctx, champion), ctx.options.gate, ctx.options.force
-    )
+    verdict = judge(_slices(ctx, champion), ctx.options.gate, ctx.options.force)
     if ctx.options.dry_run or not verdict.promote:
         return None, _event(ctx, verdict, champion, promoted=False)
     try:
@@ -139,19 +140,44 @@ def _gate(ctx: _Context, champion: ChampionPointer | None) -> tuple[ChampionPoin
     return pointer.succeeding(champion), event
 
 
-def _champion_predictions(ctx: _Context, champion: ChampionPointer | None) -> np.ndarray | None:
-    """The champion's predicted labels on this run's test set; re-evaluated if that set changed."""
-    if champion is None:
-        return None
-    ref = VersionRef(champion.model, champion.version)
-    if champion.test_hash == ctx.data.test_hash():
-        return ctx.registry.predictions(ref)
-    log.info("test set changed since %s was measured: re-evaluating it", ref)
+def _slices(ctx: _Context, champion: ChampionPointer | None) -> list[Slice]:
+    """Both models' predictions on every slice: mnist_test, then new_data once there is some."""
+    ref = VersionRef(champion.model, champion.version) if champion else None
+    data, prefix = ctx.data, _prefix(ctx)
+    theirs = None
+    if ref is not None and champion is not None and champion.test_hash == data.test_hash():
+        theirs = ctx.registry.predictions(ref)  # measured at its own evaluation, on this very test set
+    elif ref is not None:
+        log.info("test set changed since %s was measured: re-evaluating it", ref)
+        theirs = _champion_on(ctx, ref, MNIST_TEST, data.x_test, data.test_hash())
+    slices = [Slice(MNIST_TEST, data.y_test, _labels(ctx.artifacts, f"{prefix}/predictions.npy"), theirs)]
+    new_data_hash = data.new_data_hash()
+    if new_data_hash:
+        ours = _labels(ctx.artifacts, f"{prefix}/{NEW_DATA_PREDICTIONS}")
+        theirs = _champion_on(ctx, ref, NEW_DATA, data.x_new_test, new_data_hash) if ref else None
+        slices.append(Slice(NEW_DATA, data.y_new_test, ours, theirs))
+    return slices
+
+
+def _champion_on(
+    ctx: _Context, ref: VersionRef, name: str, images: np.ndarray, slice_hash: str
+) -> np.ndarray:
+    """The champion's predicted labels on a slice, cached by the slice's hash in the artifacts store
+    (the slice grows as shards arrive; each of its states is evaluated once)."""
+    key = f"{PREDICTION_CACHE}/{ref.model}/{ref.version}/{name}-{slice_hash}.npy"
+    if ctx.artifacts.exists(key):
+        return _labels(ctx.artifacts, key)
     from mnist_pipeline.evaluation.metrics import predict_probabilities
     from mnist_pipeline.training.model_io import load_model_bytes
 
-    model = load_model_bytes(ctx.registry.verified_file(ref, "model.keras"))
-    return predict_probabilities(model, ctx.data.x_test).argmax(axis=1)
+    if ref not in ctx.champion_models:
+        ctx.champion_models[ref] = load_model_bytes(ctx.registry.verified_file(ref, "model.keras"))
+    labels = predict_probabilities(ctx.champion_models[ref], images).argmax(axis=1).astype(np.uint8)
+    buffer = io.BytesIO()
+    np.save(buffer, labels, allow_pickle=False)
+    ctx.artifacts.write_bytes(key, buffer.getvalue())
+    log.info("evaluated champion %s on the %s slice (%d images): cached as %s", ref, name, len(images), key)
+    return labels
 
 
 def _event(
@@ -184,5 +210,5 @@ def _prefix(ctx: _Context) -> str:
     return model_key(ctx.challenger.run_id, ctx.challenger.model)
 
 
-def _npy(storage: Storage, key: str) -> io.BytesIO:
-    return io.BytesIO(storage.read_bytes(key))
+def _labels(storage: Storage, key: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(key)), allow_pickle=False)

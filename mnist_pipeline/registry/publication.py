@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_pipeline.data.mnist import MnistData
+from mnist_pipeline.data.snapshot import read_manifest
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE, render_model_card
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.reports import REPORT_DIR
@@ -61,7 +62,7 @@ def publish_challenger(
                 "loss": challenger.loss,
                 "test_hash": challenger.test_hash,
             }
-            metadata = _metadata(training) | {"metrics": metrics, "run": lineage or {}}
+            metadata = _metadata(training, artifacts) | {"metrics": metrics, "run": lineage or {}}
             _write_model_card(Path(tmp), ref, metadata, verdict, training)
             registry.publish(ref, Path(tmp), metadata)
     return ref
@@ -102,14 +103,17 @@ def _check_staged_serving(staged: Path, data: MnistData) -> None:
     check_serving(staged / "saved_model", probe, model.predict(probe, verbose=0))
 
 
-def _metadata(training: TrainingRecord) -> dict[str, Any]:
+def _metadata(training: TrainingRecord, artifacts: Storage) -> dict[str, Any]:
     return {
+        "data_flags": _data_flags(artifacts, training.data_hash),
         "data_hash": training.data_hash,
         "manifest_hash": training.manifest_hash,
         "params": {"model": training.model_config, "training": training.train_config},
         "seed": training.seed,
         "airflow_run_id": training.run_id,
         "trained_at": training.trained_at,
+        "initialized_from": training.initialized_from,
+        "initialization": training.initialization,
         "device": {
             "replicas": training.replicas,
             "devices": training.devices,
@@ -117,6 +121,12 @@ def _metadata(training: TrainingRecord) -> dict[str, Any]:
         },
         "library_versions": _library_versions(),
     }
+
+
+def _data_flags(artifacts: Storage, data_hash: str) -> list[dict[str, Any]]:
+    """The flags (a skewed label histogram, say) of every shard in the training snapshot."""
+    sources = read_manifest(artifacts, data_hash).get("sources", [])
+    return [{"uri": source["uri"], "flags": source["flags"]} for source in sources if source.get("flags")]
 
 
 def _library_versions() -> dict[str, str]:

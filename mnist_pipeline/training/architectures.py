@@ -39,6 +39,10 @@ class ModelConfig:
     # Steps the weights are averaged over (an exponential moving average the model is validated
     # and exported with); 0 trains and ships the raw weights.
     ema_horizon_steps: int = 0
+    # Started from the champion's weights, a model refines rather than learns: a short schedule
+    # at a lower peak rate keeps what the champion knew while it takes in the new data.
+    warm_start_epochs: int = 3
+    warm_start_rate_scale: float = 0.3
 
 
 @dataclass(frozen=True)

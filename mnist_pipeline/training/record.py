@@ -29,6 +29,10 @@ class TrainingRecord(Record):
     epochs_after_resume: int = 0
     devices: list[str] = field(default_factory=list)
     precision: str = "float32"  # absent from records written before precision was a setting
+    initialized_from: dict[str, str] | None = (
+        None  # the champion {model, version, uri} a warm start began from
+    )
+    initialization: str = "cold start"  # how the weights began, and why (a refused warm start says so)
 
     @property
     def seed(self) -> int:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,15 @@ def _dtype_policy(name: str) -> Iterator[None]:
 
 
 def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
-    """The model's default config with the run's epochs / batch size / learning rate applied."""
+    """The model's default config with the run's epochs / batch size / learning rate applied; a
+    warm start takes the model's own short schedule where the run sets none."""
+    if train.warm_start:
+        default = get_model_spec(name).config()
+        train = replace(
+            train,
+            epochs=train.epochs or default.warm_start_epochs,
+            learning_rate=train.learning_rate or default.learning_rate * default.warm_start_rate_scale,
+        )
     overrides = {
         key: value
         for key, value in (
@@ -108,11 +116,13 @@ def train_model(
     train_config: TrainConfig | None = None,
     extra_callbacks: list[Any] | None = None,
     checkpoint: ArtifactCheckpoint | None = None,
+    initial_weights: list[np.ndarray] | None = None,
 ) -> TrainResult:
     """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones.
 
     With a `checkpoint`, the training state is backed up to it after every epoch and, when it holds
-    one from an interrupted attempt, training resumes from there.
+    one from an interrupted attempt, training resumes from there. `initial_weights` (the champion's,
+    for a warm start) replace the random initialisation.
     """
     import keras
 
@@ -126,6 +136,8 @@ def train_model(
     momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
     with strategy.scope(), _dtype_policy(precision):
         model = _compiled_model(name, model_config, steps_per_epoch, momentum)
+        if initial_weights is not None:
+            model.set_weights(initial_weights)  # before fit: the weight average starts from them too
     callbacks = _callbacks(train_config, model_config.epochs, len(train_data[1]), averaged=momentum > 0)
     callbacks += extra_callbacks or []
     started = time.perf_counter()

@@ -27,6 +27,7 @@ from mnist_pipeline.config import settings
 from mnist_pipeline.errors import MnistPipelineError, RegistryError
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
 from mnist_pipeline.evaluation.reports import REPORT_DIR
+from mnist_pipeline.registry.gate import Verdict
 from mnist_pipeline.registry.history import list_events
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
 from mnist_pipeline.registry.store import ModelRegistry, VersionRef
@@ -98,12 +99,15 @@ def load_version(registry: ModelRegistry, ref: VersionRef, file_link: Callable[[
         if f"{REPORT_DIR}/{name}" in files
     ]
     card = registry.verified_file(ref, MODEL_CARD_FILE).decode() if MODEL_CARD_FILE in files else None
+    events = list_events(registry.storage)
     return {
         "model": ref.model,
         "version": ref.version,
         "metadata": metadata,
         "metrics": metadata.get("metrics", {}),
-        "verdict": _verdict_of(ref, list_events(registry.storage)),
+        "verdict": _verdict_of(ref, events),
+        "slices": [piece.to_dict() for piece in _promoting_verdict(ref, events).slices],
+        "data_flags": metadata.get("data_flags", []),
         "is_champion": _ref_of(registry.champion()) == ref,
         "figures": figures,
         "model_card_html": _markdown_html(card) if card else "<p>No model card was published.</p>",
@@ -148,10 +152,15 @@ def _version_row(
 
 def _verdict_of(ref: VersionRef, events: list[HistoryEvent]) -> str:
     """The reason of the decision that promoted the version (the gate's, before any manual one)."""
+    return _promoting_verdict(ref, events).reason
+
+
+def _promoting_verdict(ref: VersionRef, events: list[HistoryEvent]) -> Verdict:
+    """The verdict of the decision that promoted the version (the gate's, before any manual one)."""
     promoting = [event for event in events if event.promoted and event.version == ref.version]
     promoting = [event for event in promoting if event.model == ref.model]
     promoting.sort(key=lambda event: event.kind != "gate")  # stable: earliest gate decision first
-    return promoting[0].verdict.reason if promoting else "no promoting decision recorded"
+    return promoting[0].verdict if promoting else Verdict(False, "no promoting decision recorded")
 
 
 def _history_row(event: HistoryEvent) -> dict[str, Any]:
