@@ -48,6 +48,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "max_train_images": "MNIST_MAX_TRAIN_IMAGES",
     "schedule": "MNIST_SCHEDULE",
     "min_new_images": "MNIST_MIN_NEW_IMAGES",
+    "max_shard_bytes": "MNIST_MAX_SHARD_BYTES",
+    "max_shard_images": "MNIST_MAX_SHARD_IMAGES",
+    "claim_lease_seconds": "MNIST_CLAIM_LEASE_SECONDS",
     "train_queue": "MNIST_TRAIN_QUEUE",
     "train_pool": "MNIST_TRAIN_POOL",
     "worker_name": "MNIST_WORKER_NAME",
@@ -67,6 +70,9 @@ class PipelineSettings:
     max_train_images: int = 0  # 0 keeps all 60k; small slices for tests
     schedule: str = "0 3 * * 1"  # cron of the scheduled runs (UTC); "none": data trigger only
     min_new_images: int = 1000  # accepted new images that must wait before a retrain is announced
+    max_shard_bytes: int = 200_000_000  # an incoming shard, compressed and uncompressed
+    max_shard_images: int = 1_000_000  # images in one incoming shard
+    claim_lease_seconds: float = 1800.0  # a claimed shard still waiting after this is taken over
     train_queue: str = "default"  # Celery queue of the train tasks (Airflow's default queue)
     train_pool: str = "default_pool"  # Airflow pool of the train tasks (exists everywhere)
     worker_name: str = ""  # a worker's name in its task instances' host name ("gpu@host")
@@ -120,6 +126,9 @@ def _is_plain_name(value: object) -> bool:
 _RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "max_train_images": (lambda v: _is_int(v) and v >= 0, "0 (all) or a positive integer"),
     "min_new_images": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "max_shard_bytes": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "max_shard_images": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "claim_lease_seconds": (_is_positive_number, "a positive number"),
     "schedule": (lambda v: isinstance(v, str) and bool(v.strip()), "a cron expression or 'none'"),
     "train_queue": (_is_plain_name, "a plain name"),
     "train_pool": (_is_plain_name, "a plain name"),

@@ -86,6 +86,14 @@ class Storage(ABC):
     def modified_times(self, prefix: str = "") -> dict[str, float]:
         """Every key under `prefix` with its last write time (seconds since the epoch)."""
 
+    @abstractmethod
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every key under `prefix` with its size in bytes, from the listing: nothing is read."""
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy an object; backends override this to copy without reading it into memory."""
+        self.write_bytes(target, self.read_bytes(source))
+
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
 
@@ -174,6 +182,23 @@ class LocalStorage(Storage):
     def modified_times(self, prefix: str = "") -> dict[str, float]:
         return {key: self._path(key).stat().st_mtime for key in self.list_keys(prefix)}
 
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        return {key: self._path(key).stat().st_size for key in self.list_keys(prefix)}
+
+    def copy(self, source: str, target: str) -> None:
+        path, origin = self._path(target), self._path(source)
+        if not origin.is_file():
+            raise StorageError(f"{self.uri(source)} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        try:
+            shutil.copyfile(origin, tmp)  # streamed in chunks, then renamed into place whole
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def read_versioned(self, key: str) -> tuple[bytes | None, str]:
         # No lock: writers replace the file by an atomic rename, so a read sees old or new whole.
         return self._read_with_token(self._path(key))
@@ -198,13 +223,14 @@ class LocalStorage(Storage):
     @staticmethod
     @contextmanager
     def _locked(path: Path) -> Iterator[None]:
+        # The lock is taken on the folder itself: no lock file is left behind.
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{path.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # closing releases the lock
 
 
 class GcsStorage(Storage):
@@ -248,6 +274,19 @@ class GcsStorage(Storage):
 
     def modified_times(self, prefix: str = "") -> dict[str, float]:
         return {key: blob.updated.timestamp() for key, blob in self._list_blobs(prefix).items()}
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        return {key: int(blob.size or 0) for key, blob in self._list_blobs(prefix).items()}
+
+    def copy(self, source: str, target: str) -> None:
+        from google.api_core import exceptions
+
+        with self._reaching(source):
+            try:  # the server copies: the bytes never pass through this process
+                blob = self.bucket.blob(self._name(source))
+                self.bucket.copy_blob(blob, self.bucket, self._name(target), retry=_retry())
+            except exceptions.NotFound:
+                raise StorageError(f"{self.uri(source)} does not exist") from None
 
     def _list_blobs(self, prefix: str) -> dict[str, Any]:
         from google.api_core import exceptions

@@ -2,7 +2,11 @@
 
 A shard is an `.npz` with `images` (N x 28 x 28 uint8) and `labels` (N, 0-9). Processing claims the
 shard by creating a claim object that may not exist yet (compare-and-swap), so two overlapping runs
-never both take it and a retried run picks up its own claims. A valid shard moves to `accepted/`
+never both take it and a retried run picks up its own claims; a claim older than its lease
+(`MNIST_CLAIM_LEASE_SECONDS`) whose file still waits was left by a killed worker, and the next run
+takes it over. Every file is judged on its own: anything it makes the reader raise rejects that
+file with its reason, never the batch. Sizes are checked before anything is decompressed
+(`MNIST_MAX_SHARD_BYTES`, `MNIST_MAX_SHARD_IMAGES`; see `npz.py`). A valid shard moves to `accepted/`
 with a sidecar JSON (sha256, image count, statistics, flags); an invalid one to `rejected/` with a
 `.reason.txt`.
 
@@ -17,16 +21,18 @@ once (an Airflow Asset event): a trickle of tiny shards does not retrain every f
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mnist_pipeline.config import PipelineSettings, settings
 from mnist_pipeline.data.duplicates import DuplicateIndex
 from mnist_pipeline.data.mnist import MnistData, check_images, check_labels
+from mnist_pipeline.data.npz import NpzLimits, read_npz_arrays
 from mnist_pipeline.data.shard_stats import ShardStatistics, shard_statistics
 from mnist_pipeline.data.slices import held_out_mask
 from mnist_pipeline.errors import DataError, StorageError
@@ -53,18 +59,14 @@ ANNOUNCED_KEY = "incoming-state/announced.json"
 log = logging.getLogger(__name__)
 
 
-def parse_shard(raw: bytes, uri: str) -> tuple[np.ndarray, np.ndarray]:
-    """A shard's (images, labels), validated; every defect raises `DataError` naming the shard."""
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            missing = sorted({"images", "labels"} - set(npz.files))
-            if missing:
-                raise DataError(f"data source {uri!r}: shard lacks arrays {missing}")
-            images, labels = npz["images"], npz["labels"]
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"data source {uri!r}: not a readable .npz shard ({exc})") from exc
+def parse_shard(raw: bytes, uri: str, limits: NpzLimits | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's (images, labels), read within `limits` (the settings' by default) and validated;
+    every defect raises `DataError` naming the shard."""
+    if limits is None:
+        config = settings()
+        limits = NpzLimits(config.max_shard_bytes, config.max_shard_images)
+    arrays = read_npz_arrays(raw, ("images", "labels"), uri, limits)
+    images, labels = arrays["images"], arrays["labels"]
     check_images(images, "images", uri)
     check_labels(labels, "labels", uri)
     if len(images) != len(labels):
@@ -124,49 +126,133 @@ class Yardstick:
 
 
 def process_incoming(artifacts: Storage, run_id: str, base: MnistData) -> ShardReport:
-    """Claim, validate and place every shard waiting under `incoming/`, judged against `base`."""
+    """Claim, validate and place every file waiting under `incoming/`, judged against `base`.
+
+    Each file is judged on its own: whatever reading or checking it raises, it is rejected with
+    its reason and the others go on, so no file can jam the queue."""
     report = ShardReport()
-    yardstick: Yardstick | None = None  # built on the first shard: most runs find none
-    for key in artifacts.list_keys(INCOMING):
+    stage = _Stage(artifacts, run_id, base, settings())
+    for key, size in artifacts.sizes(INCOMING).items():
         name = key.removeprefix(INCOMING)
-        if not name.endswith(".npz") or "/" in name:
-            continue
         try:
-            raw = artifacts.read_bytes(key)
-        except StorageError:
-            continue  # another run moved it between our listing and our read
-        digest = sha256_hex(raw)
-        if not _claim(artifacts, f"{CLAIMS}{name}-{digest[:16]}.json", run_id):
-            report.skipped.append(name)
-            continue
-        yardstick = yardstick or Yardstick.of(base, artifacts)
-        _place(artifacts, name, raw, digest, report, yardstick)
-        artifacts.delete(key)
+            _process_one(stage, key, name, size, report)
+        except StorageError as exc:  # the store itself failed: leave the file for the next run
+            log.warning("shard %s left for the next run: %s", name, exc)
+        except Exception as exc:  # anything the file made us raise: reject it, go on with the rest
+            log.exception("shard %s could not be checked", name)
+            _reject(
+                stage, key, name, f"data source {artifacts.uri(key)!r}: {type(exc).__name__}: {exc}", report
+            )
     return report
 
 
-def _claim(artifacts: Storage, claim_key: str, run_id: str) -> bool:
-    """True when this run owns the shard: it created the claim now, or in an earlier try."""
-    payload = json.dumps({"run_id": run_id}).encode()
-    if artifacts.write_if_generation(claim_key, payload, "0"):
-        return True
-    return json.loads(artifacts.read_bytes(claim_key)).get("run_id") == run_id
+@dataclass
+class _Stage:
+    """What every file of one run is judged with; the yardstick is built on the first shard."""
+
+    artifacts: Storage
+    run_id: str
+    base: MnistData
+    config: PipelineSettings
+    yardstick: Yardstick | None = None
+
+    def limits(self) -> NpzLimits:
+        return NpzLimits(self.config.max_shard_bytes, self.config.max_shard_images)
+
+
+def _process_one(stage: _Stage, key: str, name: str, size: int, report: ShardReport) -> None:
+    artifacts = stage.artifacts
+    if size > stage.config.max_shard_bytes:  # judged from the listing: never read into memory
+        claim = f"{name}-{size}-oversized"
+        problem = (
+            f"{size} bytes, more than the limit of {stage.config.max_shard_bytes} (MNIST_MAX_SHARD_BYTES)"
+        )
+    elif not name.endswith(".npz") or "/" in name:
+        claim, problem = f"{name}-{size}", "not a shard: shards are .npz files placed directly in incoming/"
+    else:
+        claim, problem = "", ""
+    if problem:
+        if _claim(artifacts, _claim_key(claim), stage.run_id, stage.config.claim_lease_seconds):
+            _reject(stage, key, name, f"data source {artifacts.uri(key)!r}: {problem}", report)
+        else:
+            report.skipped.append(name)
+        return
+    raw = artifacts.read_bytes(key)
+    digest = sha256_hex(raw)
+    if not _claim(
+        artifacts, _claim_key(f"{name}-{digest[:16]}"), stage.run_id, stage.config.claim_lease_seconds
+    ):
+        report.skipped.append(name)
+        return
+    stage.yardstick = stage.yardstick or Yardstick.of(stage.base, artifacts)
+    _place(stage, stage.yardstick, key, name, raw, digest, report)
+
+
+def _claim_key(identity: str) -> str:
+    return f"{CLAIMS}{identity.replace('/', '__')}.json"
+
+
+def _claim(artifacts: Storage, claim_key: str, run_id: str, lease_seconds: float) -> bool:
+    """True when this run owns the file: it claimed it now or in an earlier try, or took it over
+    from a run whose claim outlived its lease (a worker killed between claiming and placing)."""
+    now = time.time()
+    payload = json.dumps({"run_id": run_id, "claimed_at": now}).encode()
+
+    def decide(current: bytes | None) -> tuple[bytes | None, bool]:
+        if current is None:
+            return payload, True
+        owner, claimed_at = _claim_of(artifacts, claim_key, current)
+        if owner == run_id:
+            return None, True
+        if now - claimed_at <= lease_seconds:
+            return None, False
+        log.warning(
+            "taking over %s: claimed by %s %.0f s ago, past its lease", claim_key, owner, now - claimed_at
+        )
+        return payload, True
+
+    return compare_and_swap(artifacts, claim_key, decide)
+
+
+def _claim_of(artifacts: Storage, claim_key: str, current: bytes) -> tuple[str, float]:
+    """(owner, claimed at) of a stored claim; claims written before leases existed carry no time,
+    and their object's write time stands in for it."""
+    try:
+        claim = json.loads(current)
+        owner = str(claim["run_id"])
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable claim", 0.0
+    if isinstance(claim.get("claimed_at"), int | float):
+        return owner, float(claim["claimed_at"])
+    return owner, artifacts.modified_times(claim_key).get(claim_key, 0.0)
+
+
+def _stored_name(name: str, digest: str) -> str:
+    """Content in the name, so a re-sent shard never overwrites another; folders flattened."""
+    return f"{digest[:16]}-{name.replace('/', '__')}"
+
+
+def _reject(stage: _Stage, key: str, name: str, reason: str, report: ShardReport) -> None:
+    """Move the file to `rejected/` with a reason file beside it (copied first, then removed)."""
+    stored = _stored_name(name, sha256_hex(f"{name}:{time.time()}".encode()))
+    stage.artifacts.copy(key, f"{REJECTED}{stored}")
+    stage.artifacts.write_bytes(f"{REJECTED}{stored}.reason.txt", f"{reason}\n".encode())
+    stage.artifacts.delete(key)
+    report.rejected.append({"shard": name, "reason": reason})
+    log.warning("rejected %s: %s", name, reason)
 
 
 def _place(
-    artifacts: Storage, name: str, raw: bytes, digest: str, report: ShardReport, yardstick: Yardstick
+    stage: _Stage, yardstick: Yardstick, key: str, name: str, raw: bytes, digest: str, report: ShardReport
 ) -> None:
-    stored = f"{digest[:16]}-{name}"  # content in the name: a re-sent shard never overwrites another
-    uri = artifacts.uri(f"{INCOMING}{name}")
+    artifacts, uri = stage.artifacts, stage.artifacts.uri(key)
     try:
-        images, labels = parse_shard(raw, uri)
+        images, labels = parse_shard(raw, uri, stage.limits())
         stats = yardstick.check(images, labels, uri)
     except DataError as exc:
-        artifacts.write_bytes(f"{REJECTED}{stored}", raw)
-        artifacts.write_bytes(f"{REJECTED}{stored}.reason.txt", f"{exc}\n".encode())
-        report.rejected.append({"shard": name, "reason": str(exc)})
-        log.warning("rejected shard %s: %s", name, exc)
+        _reject(stage, key, name, str(exc), report)
         return
+    stored = _stored_name(name, digest)
     flags = [stats.skew] if stats.skew else []
     info = {
         "shard": stored,
@@ -178,6 +264,7 @@ def _place(
     }
     artifacts.write_bytes(f"{ACCEPTED}{stored}", raw)
     artifacts.write_json(f"{ACCEPTED}{stored}.json", info)  # sidecar last: marks the shard complete
+    artifacts.delete(key)
     yardstick.accept(images)
     report.accepted.append(info)
     log.info("accepted shard %s: %d images%s", name, len(images), f", flagged: {flags[0]}" if flags else "")
