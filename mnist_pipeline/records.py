@@ -8,6 +8,7 @@ missing or wrong field instead of failing later with a `KeyError`.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -41,7 +42,7 @@ class Record:
         objects written by newer code stay readable."""
         if not isinstance(payload, Mapping):
             raise error(f"{what}: expected a JSON object, got {type(payload).__name__}")
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         values: dict[str, Any] = {}
         for spec in fields(cls):  # type: ignore[arg-type]
             if spec.name not in payload:
@@ -52,6 +53,12 @@ class Record:
                 payload[spec.name], hints[spec.name], f"{what}: {spec.name}", error
             )
         return cls(**values)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # Resolving the hints dominates parsing a record; a class's hints never change.
+    return typing.get_type_hints(cls)
 
 
 def _converted(value: object, hint: _Hint, where: str, error: type[MnistPipelineError]) -> Any:

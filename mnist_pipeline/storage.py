@@ -21,7 +21,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -32,6 +34,7 @@ from mnist_pipeline.errors import StorageError
 
 __all__ = [
     "CAS_ATTEMPTS",
+    "CountingStorage",
     "GcsStorage",
     "LocalStorage",
     "Storage",
@@ -346,6 +349,55 @@ class GcsStorage(Storage):
             ) from exc
         except (ConnectionError, requests.exceptions.ConnectionError) as exc:
             raise StorageError(f"{self.uri(key)}: storage unreachable ({exc})") from exc
+
+
+class CountingStorage(Storage):
+    """A storage that counts every call of the interface made through it, then delegates it:
+    what the registry benchmarks and tests measure read cost with."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner, self.root_uri = inner, inner.root_uri
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, name: str, *args: Any) -> Any:
+        with self._lock:
+            self.calls[name] += 1
+        return getattr(self.inner, name)(*args)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._count("read_bytes", key)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._count("write_bytes", key, data)
+
+    def exists(self, key: str) -> bool:
+        return self._count("exists", key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return self._count("list_keys", prefix)
+
+    def delete(self, key: str) -> None:
+        self._count("delete", key)
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str]:
+        return self._count("read_versioned", key)
+
+    def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
+        return self._count("write_if_generation", key, data, generation)
+
+    def modified_times(self, prefix: str = "") -> dict[str, float]:
+        return self._count("modified_times", prefix)
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        return self._count("sizes", prefix)
+
+    def copy(self, source: str, target: str) -> None:
+        self._count("copy", source, target)
 
 
 def _retry() -> Any:

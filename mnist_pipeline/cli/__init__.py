@@ -1,8 +1,8 @@
 """`mnist-pipeline`: the DAG's steps and the registry from a terminal, over the same environment.
 
     mnist-pipeline ingest | train MODEL | evaluate MODEL | promote | summary
-    mnist-pipeline registry list | show [MODEL/VERSION] | history | promote MODEL/VERSION --reason TEXT
-    mnist-pipeline registry rollback
+    mnist-pipeline registry list | show [MODEL/VERSION] | history [--limit N] [--since TIME]
+    mnist-pipeline registry promote MODEL/VERSION --reason TEXT | rollback | reindex
 
 Steps of one run share `--run-id` (default `cli`). Bad input exits with status 2 and the error.
 """
@@ -59,11 +59,21 @@ def _registry_parser(registry: argparse.ArgumentParser) -> None:
     actions.add_parser("show", help="one version's metadata (default: the champion)").add_argument(
         "ref", nargs="?", metavar="MODEL/VERSION"
     )
-    actions.add_parser("history", help="every gate decision, promotion and rollback, oldest first")
+    history = actions.add_parser("history", help="gate decisions, promotions and rollbacks, newest first")
+    history.add_argument("--limit", type=_positive, default=50, help="events to show (default 50)")
+    history.add_argument("--since", metavar="TIME", help="only events at or after this ISO 8601 time (UTC)")
+    history.add_argument("--before", metavar="CURSOR", help="only events older than this (a page's cursor)")
     promote = actions.add_parser("promote", help="make a version champion, bypassing the gate")
     promote.add_argument("ref", metavar="MODEL/VERSION")
     promote.add_argument("--reason", required=True)
     actions.add_parser("rollback", help="point back at the previous champion")
+    actions.add_parser("reindex", help="rebuild the registry's indexes from its versions and history")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,7 +146,11 @@ def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> st
     if args.action == "show":
         return _json(render.version_details(registry, parse_ref(args.ref) if args.ref else None))
     if args.action == "history":
-        return render.render_history(registry)
+        return render.render_history(registry, args.limit, since=args.since, before=args.before)
+    if args.action == "reindex":
+        from mnist_pipeline.registry.index import rebuild_index
+
+        return _json(rebuild_index(registry.storage))
     if args.action == "promote":
         return _json(operations.promote_version(registry, parse_ref(args.ref), args.reason, _who()).to_dict())
     return _json(operations.rollback(registry, _who()).to_dict())

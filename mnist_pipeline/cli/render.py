@@ -7,7 +7,8 @@ from typing import Any
 
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError, StorageError
-from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page
+from mnist_pipeline.registry.index import read_versions
 from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.storage import Storage, open_storage
 
@@ -47,13 +48,13 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
 
 def render_versions(registry: ModelRegistry) -> str:
     champion = registry.champion_ref()
+    expect = (champion.model, champion.version) if champion else None
     lines = [f"  {'model/version':<36} {'accuracy':>8}  trained at"]
-    for ref in registry.versions():
-        metadata = registry.metadata(ref)
-        accuracy = (metadata.get("metrics") or {}).get("accuracy")
+    for entry in read_versions(registry.storage, expect=expect):  # the versions index: one read
+        ref = VersionRef(entry.model, entry.version)
         mark = "*" if ref == champion else " "
-        shown = f"{accuracy:.4f}" if accuracy is not None else "?"
-        lines.append(f"{mark} {ref!s:<36} {shown:>8}  {metadata.get('trained_at', '?')}")
+        shown = f"{entry.accuracy:.4f}" if entry.accuracy is not None else "?"
+        lines.append(f"{mark} {ref!s:<36} {shown:>8}  {entry.trained_at or '?'}")
     return "\n".join(lines) if len(lines) > 1 else "no published versions"
 
 
@@ -66,10 +67,19 @@ def version_details(registry: ModelRegistry, ref: VersionRef | None) -> dict[str
     return registry.metadata(ref) | {"uri": registry.uri(ref), "champion": ref == champion}
 
 
-def render_history(registry: ModelRegistry) -> str:
+def render_history(
+    registry: ModelRegistry,
+    limit: int = DEFAULT_PAGE_SIZE,
+    since: str | None = None,
+    before: str | None = None,
+) -> str:
+    """The newest `limit` events (not older than `since`, older than `before`), newest first."""
+    page = history_page(registry.storage, limit, since=since, before=before)
     lines = []
-    for event in list_events(registry.storage):
+    for event in page.events:
         verdict = "PROMOTED" if event.promoted else "kept"
         target = f"{event.model}/{event.version or '-'}"
         lines.append(f"{event.time[:19]}  {event.kind:<16} {verdict:<8} {target:<36} {event.verdict.reason}")
+    if page.older:
+        lines.append(f"(older events: --before {page.older})")
     return "\n".join(lines) or "no history yet"

@@ -1,4 +1,5 @@
 """The model registry: published versions and the champion pointer on any storage (`store`), its
-typed records (`records`), append-only history (`history`), the champion/challenger gate (`gate`),
+typed records (`records`), append-only history (`history`), the indexes its readers go through
+(`index`) and where every object lives (`layout`), the champion/challenger gate (`gate`),
 publication of a version (`publication`), the gated promotion (`promotion`) and what a person does
 by hand (`operations`)."""

@@ -3,6 +3,7 @@
 Layout under the registry root:
     mnist/models/<model>/<version>/model.keras, saved_model/..., metrics.json, metadata.json
     mnist/champion.json   -> {model, version, uri, metrics, promoted_at, run_id}
+    mnist/index/versions.json   -> every committed version's summary (`index`)
 
 `metadata.json` is written last and lists the sha256 of every other file: a version without it is
 incomplete and never listed, so readers never see a half-published version.
@@ -25,6 +26,8 @@ import numpy as np
 from mnist_pipeline.config import settings
 from mnist_pipeline.errors import RegistryError, StorageError
 from mnist_pipeline.hashing import read_verified, sha256_hex
+from mnist_pipeline.registry.index import index_version
+from mnist_pipeline.registry.layout import CHAMPION_KEY, METADATA_FILE, MODELS_PREFIX
 from mnist_pipeline.registry.records import ChampionPointer
 from mnist_pipeline.storage import Storage, compare_and_swap
 
@@ -32,9 +35,6 @@ __all__ = ["CHAMPION_KEY", "ModelRegistry", "VersionRef", "parse_ref", "validate
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result")
 
-ROOT = "mnist"
-CHAMPION_KEY = f"{ROOT}/champion.json"
-METADATA_FILE = "metadata.json"
 PREDICTIONS_FILE = "predictions.npy"
 # Names become object paths: letters, digits, '.', '_', '-' only, and never '..'.
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -60,7 +60,7 @@ class VersionRef:
 
     @property
     def prefix(self) -> str:
-        return f"{ROOT}/models/{self.model}/{self.version}"
+        return f"{MODELS_PREFIX}{self.model}/{self.version}"
 
     def __str__(self) -> str:
         return f"{self.model}/{self.version}"
@@ -74,9 +74,13 @@ class ModelRegistry:
         return self.storage.uri(ref.prefix)
 
     def publish(self, ref: VersionRef, local_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Upload every file of `local_dir`, then `metadata.json` with their sha256 (the commit mark)."""
+        """Upload every file of `local_dir`, then `metadata.json` with their sha256 (the commit mark),
+        then the version's entry in the versions index."""
         if self.is_published(ref):
-            return self.metadata(ref)  # idempotent: a retried task re-publishes nothing
+            published = self.metadata(ref)  # idempotent: a retried task re-publishes nothing
+            # An earlier try may have died between its commit mark and the index.
+            index_version(self.storage, ref.model, ref.version, published)
+            return published
         self.remove_stale_uploads(keep=ref)
         files = {
             path.relative_to(local_dir).as_posix(): sha256_hex(path.read_bytes())
@@ -86,6 +90,7 @@ class ModelRegistry:
         self.storage.upload_dir(local_dir, ref.prefix)
         full = {**metadata, "model": ref.model, "version": ref.version, "files_sha256": files}
         self.storage.write_json(f"{ref.prefix}/{METADATA_FILE}", full)
+        index_version(self.storage, ref.model, ref.version, full)
         return full
 
     def remove_stale_uploads(self, keep: VersionRef) -> list[VersionRef]:
@@ -94,7 +99,7 @@ class ModelRegistry:
         be uploading in another process, and `keep` is about to be rewritten anyway."""
         newest: dict[VersionRef, float] = {}
         committed: set[VersionRef] = set()
-        for key, modified in self.storage.modified_times(f"{ROOT}/models/").items():
+        for key, modified in self.storage.modified_times(MODELS_PREFIX).items():
             ref = _version_of(key)
             if ref is None:
                 continue
@@ -120,7 +125,7 @@ class ModelRegistry:
     def versions(self) -> list[VersionRef]:
         """Every completely published version, oldest version name first within each model."""
         refs = []
-        for key in self.storage.list_keys(f"{ROOT}/models/"):
+        for key in self.storage.list_keys(MODELS_PREFIX):
             parts = key.split("/")
             if len(parts) == 5 and parts[4] == METADATA_FILE:
                 refs.append(VersionRef(parts[2], parts[3]))

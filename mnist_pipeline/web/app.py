@@ -1,8 +1,10 @@
 """The Model Registry page: a read-only FastAPI app that the Airflow plugin mounts in the api-server.
 
 It shows the champion, every published version with its metrics and gate verdict, the promotion
-history, and each version's report figures and model card, read through `ModelRegistry` at
-`MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is cached).
+history a page at a time (newest first), and each version's report figures and model card, read
+through `ModelRegistry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing
+is cached). Versions and history come from the registry's indexes (`registry.index`), so a page
+costs a handful of storage calls however many versions and events the registry holds.
 
 Every route sits behind Airflow's own authentication: the dependency Airflow's REST API uses
 (`requires_access_view`), which reads the JWT from the `Authorization` header or the `_token`
@@ -28,7 +30,8 @@ from mnist_pipeline.errors import MnistPipelineError, RegistryError
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
 from mnist_pipeline.evaluation.reports import REPORT_DIR
 from mnist_pipeline.registry.gate import Verdict
-from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page, read_event
+from mnist_pipeline.registry.index import VersionEntry, read_versions
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
 from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.storage import open_storage
@@ -57,6 +60,10 @@ _FIGURE_TITLES = {
 }
 _MEDIA_TYPES = {".png": "image/png", ".md": "text/markdown; charset=utf-8"}
 _Result = TypeVar("_Result")
+_NO_VERDICT = Verdict(False, "no promoting decision recorded")
+# History shards one overview reads at most: with monthly shards, a page of 50 events needs one or
+# two; a sparse history shows fewer and links to the rest.
+_OVERVIEW_SHARDS = 6
 
 
 class RegistryUnavailableError(MnistPipelineError):
@@ -72,20 +79,26 @@ def open_registry() -> ModelRegistry:
     return ModelRegistry(open_storage(settings().registry_uri))
 
 
-def load_overview(registry: ModelRegistry, link: Callable[[VersionRef], str]) -> dict[str, Any]:
-    """Champion, versions (newest first) and history (newest first), as the overview shows them."""
-    refs = registry.versions()  # lists the bucket: a missing bucket fails here, not silently
-    champion = registry.champion()
-    events = list_events(registry.storage)
+def load_overview(
+    registry: ModelRegistry, link: Callable[[VersionRef], str], before: str | None = None
+) -> dict[str, Any]:
+    """Champion, versions (newest first) and a page of history (newest first, older than `before`),
+    as the overview shows them."""
+    champion = registry.champion()  # read first: the version it names is indexed by then
     champion_ref = _ref_of(champion)
-    rows = [_version_row(registry, ref, champion_ref, events, link) for ref in refs]
+    expect = (champion_ref.model, champion_ref.version) if champion_ref else None
+    entries = read_versions(registry.storage, expect=expect)
+    page = history_page(registry.storage, DEFAULT_PAGE_SIZE, before=before, max_shards=_OVERVIEW_SHARDS)
+    rows = [_version_row(entry, champion_ref, link) for entry in entries]
     rows.sort(key=lambda row: row["version"], reverse=True)  # version names start with their time
     shown = champion.to_dict() | {"link": link(champion_ref)} if champion and champion_ref else None
     return {
         "registry_uri": registry.storage.root_uri,
         "champion": shown,
         "versions": rows,
-        "history": [_history_row(event) for event in reversed(events)],
+        "history": [_history_row(event) for event in page.events],
+        "history_before": before,
+        "older_history": page.older,
     }
 
 
@@ -99,14 +112,14 @@ def load_version(registry: ModelRegistry, ref: VersionRef, file_link: Callable[[
         if f"{REPORT_DIR}/{name}" in files
     ]
     card = registry.verified_file(ref, MODEL_CARD_FILE).decode() if MODEL_CARD_FILE in files else None
-    events = list_events(registry.storage)
+    verdict = _promoting_verdict(registry, ref)
     return {
         "model": ref.model,
         "version": ref.version,
         "metadata": metadata,
         "metrics": metadata.get("metrics", {}),
-        "verdict": _verdict_of(ref, events),
-        "slices": [piece.to_dict() for piece in _promoting_verdict(ref, events).slices],
+        "verdict": verdict.reason,
+        "slices": [piece.to_dict() for piece in verdict.slices],
         "data_flags": metadata.get("data_flags", []),
         "is_champion": _ref_of(registry.champion()) == ref,
         "figures": figures,
@@ -130,37 +143,30 @@ def _published_metadata(registry: ModelRegistry, ref: VersionRef) -> dict[str, A
 
 
 def _version_row(
-    registry: ModelRegistry,
-    ref: VersionRef,
-    champion: VersionRef | None,
-    events: list[HistoryEvent],
-    link: Callable[[VersionRef], str],
+    entry: VersionEntry, champion: VersionRef | None, link: Callable[[VersionRef], str]
 ) -> dict[str, Any]:
-    metadata = registry.metadata(ref)
-    metrics = metadata.get("metrics", {})
+    ref = VersionRef(entry.model, entry.version)
     return {
         "model": ref.model,
         "version": ref.version,
-        "accuracy": metrics.get("accuracy"),
-        "loss": metrics.get("loss"),
-        "trained_at": metadata.get("trained_at"),
-        "verdict": _verdict_of(ref, events),
+        "accuracy": entry.accuracy,
+        "loss": entry.loss,
+        "trained_at": entry.trained_at,
+        # The reason of the decision that promoted it: the gate's, before any manual one.
+        "verdict": entry.promoted_by.reason if entry.promoted_by else _NO_VERDICT.reason,
         "is_champion": ref == champion,
         "link": link(ref),
     }
 
 
-def _verdict_of(ref: VersionRef, events: list[HistoryEvent]) -> str:
-    """The reason of the decision that promoted the version (the gate's, before any manual one)."""
-    return _promoting_verdict(ref, events).reason
-
-
-def _promoting_verdict(ref: VersionRef, events: list[HistoryEvent]) -> Verdict:
-    """The verdict of the decision that promoted the version (the gate's, before any manual one)."""
-    promoting = [event for event in events if event.promoted and event.version == ref.version]
-    promoting = [event for event in promoting if event.model == ref.model]
-    promoting.sort(key=lambda event: event.kind != "gate")  # stable: earliest gate decision first
-    return promoting[0].verdict if promoting else Verdict(False, "no promoting decision recorded")
+def _promoting_verdict(registry: ModelRegistry, ref: VersionRef) -> Verdict:
+    """The verdict of the decision that promoted the version (the gate's, before any manual one):
+    the versions index names its event, which is read for the slices' figures."""
+    entries = read_versions(registry.storage, expect=(ref.model, ref.version))
+    entry = next((entry for entry in entries if entry.ref == (ref.model, ref.version)), None)
+    if entry is None or entry.promoted_by is None:
+        return _NO_VERDICT
+    return read_event(registry.storage, entry.promoted_by.key).verdict
 
 
 def _history_row(event: HistoryEvent) -> dict[str, Any]:
@@ -231,11 +237,13 @@ def create_app(access: Callable[..., Any] | None = None) -> FastAPI:
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse, name="overview")
-    async def overview(request: Request) -> HTMLResponse:
+    async def overview(request: Request, before: str | None = None) -> HTMLResponse:
+        """`before`: the history page's `older` cursor, for events older than those shown."""
+
         def link(ref: VersionRef) -> str:
             return request.url_for("version_page", model=ref.model, version=ref.version).path
 
-        context = await _off_the_loop(lambda: load_overview(open_registry(), link))
+        context = await _off_the_loop(lambda: load_overview(open_registry(), link, before))
         return HTMLResponse(render("overview", **context))
 
     @app.get("/versions/{model}/{version}", response_class=HTMLResponse, name="version_page")
