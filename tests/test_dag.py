@@ -83,6 +83,20 @@ def test_parsing_the_dag_file_does_not_import_tensorflow() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_unpausing_starts_nothing_before_the_next_scheduled_time(dag) -> None:
+    import pendulum
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    timetable = coerce_to_core_timetable(dag.timetable)
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False),
+    )
+    assert first is not None and first.run_after > pendulum.now("UTC")  # no run for a slot already past
+    assert first.run_after.weekday() == 0 and first.run_after.hour == 3  # the next Monday, 03:00 UTC
+
+
 def parse_in_subprocess(expression: str, **env: str) -> object:
     """Load the DAG file in a fresh interpreter with `env` added (the queue, pool and schedule are
     read when the file is parsed) and return `expression`, evaluated there on `dag`, as JSON."""
