@@ -95,6 +95,7 @@ PARAMS = {
         list(MODEL_NAMES),
         type="array",
         items={"type": "string", "enum": list(MODEL_NAMES)},
+        examples=list(MODEL_NAMES),  # an array with examples: the form offers a multi-select
         uniqueItems=True,
         minItems=1,
         title="Models",
