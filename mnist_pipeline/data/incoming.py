@@ -159,33 +159,37 @@ class _Stage:
     def limits(self) -> NpzLimits:
         return NpzLimits(self.config.max_shard_bytes, self.config.max_shard_images)
 
+    def claim(self, identity: str) -> bool:
+        return _claim(self.artifacts, _claim_key(identity), self.run_id, self.config.claim_lease_seconds)
+
 
 def _process_one(stage: _Stage, key: str, name: str, size: int, report: ShardReport) -> None:
-    artifacts = stage.artifacts
-    if size > stage.config.max_shard_bytes:  # judged from the listing: never read into memory
-        claim = f"{name}-{size}-oversized"
-        problem = (
-            f"{size} bytes, more than the limit of {stage.config.max_shard_bytes} (MNIST_MAX_SHARD_BYTES)"
-        )
-    elif not name.endswith(".npz") or "/" in name:
-        claim, problem = f"{name}-{size}", "not a shard: shards are .npz files placed directly in incoming/"
-    else:
-        claim, problem = "", ""
-    if problem:
-        if _claim(artifacts, _claim_key(claim), stage.run_id, stage.config.claim_lease_seconds):
-            _reject(stage, key, name, f"data source {artifacts.uri(key)!r}: {problem}", report)
+    refusal = _refusal_from_listing(name, size, stage.config)
+    if refusal is not None:
+        identity, problem = refusal
+        if stage.claim(identity):
+            _reject(stage, key, name, f"data source {stage.artifacts.uri(key)!r}: {problem}", report)
         else:
             report.skipped.append(name)
         return
-    raw = artifacts.read_bytes(key)
+    raw = stage.artifacts.read_bytes(key)
     digest = sha256_hex(raw)
-    if not _claim(
-        artifacts, _claim_key(f"{name}-{digest[:16]}"), stage.run_id, stage.config.claim_lease_seconds
-    ):
+    if not stage.claim(f"{name}-{digest[:16]}"):
         report.skipped.append(name)
         return
-    stage.yardstick = stage.yardstick or Yardstick.of(stage.base, artifacts)
+    stage.yardstick = stage.yardstick or Yardstick.of(stage.base, stage.artifacts)
     _place(stage, stage.yardstick, key, name, raw, digest, report)
+
+
+def _refusal_from_listing(name: str, size: int, config: PipelineSettings) -> tuple[str, str] | None:
+    """(claim identity, problem) for a file refused on its listing alone, never read into memory."""
+    if size > config.max_shard_bytes:
+        return f"{name}-{size}-oversized", (
+            f"{size} bytes, more than the limit of {config.max_shard_bytes} (MNIST_MAX_SHARD_BYTES)"
+        )
+    if not name.endswith(".npz") or "/" in name:
+        return f"{name}-{size}", "not a shard: shards are .npz files placed directly in incoming/"
+    return None
 
 
 def _claim_key(identity: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,7 +12,13 @@ from mnist_pipeline.data.mnist import NUM_CLASSES
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["evaluate_model", "metrics_from_probabilities", "predict_probabilities"]
+__all__ = [
+    "evaluate_model",
+    "labels_from_npy",
+    "labels_npy",
+    "metrics_from_probabilities",
+    "predict_probabilities",
+]
 
 _EPSILON = 1e-7  # clips probabilities like Keras' crossentropy does
 
@@ -42,6 +49,17 @@ def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray) ->
         },
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def labels_npy(labels: np.ndarray) -> bytes:
+    """Predicted labels as `.npy` bytes (uint8): what the gate pairs champion and challenger on."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(labels).astype(np.uint8), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def labels_from_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _ratio(numerator: int, denominator: int) -> float:

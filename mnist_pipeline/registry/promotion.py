@@ -13,7 +13,6 @@ A retried task whose run already promoted finds its history event and does nothi
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +23,7 @@ from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.data.snapshot import read_snapshot
 from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.evaluation.metrics import labels_from_npy, labels_npy
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.serving import ServingCheckError
 from mnist_pipeline.records import Record
@@ -172,10 +172,8 @@ def _champion_on(
 
     if ref not in ctx.champion_models:
         ctx.champion_models[ref] = load_model_bytes(ctx.registry.verified_file(ref, "model.keras"))
-    labels = predict_probabilities(ctx.champion_models[ref], images).argmax(axis=1).astype(np.uint8)
-    buffer = io.BytesIO()
-    np.save(buffer, labels, allow_pickle=False)
-    ctx.artifacts.write_bytes(key, buffer.getvalue())
+    labels = predict_probabilities(ctx.champion_models[ref], images).argmax(axis=1)
+    ctx.artifacts.write_bytes(key, labels_npy(labels))
     log.info("evaluated champion %s on the %s slice (%d images): cached as %s", ref, name, len(images), key)
     return labels
 
@@ -211,4 +209,4 @@ def _prefix(ctx: _Context) -> str:
 
 
 def _labels(storage: Storage, key: str) -> np.ndarray:
-    return np.load(io.BytesIO(storage.read_bytes(key)), allow_pickle=False)
+    return labels_from_npy(storage.read_bytes(key))

@@ -11,7 +11,6 @@ incomplete and never listed, so readers never see a half-published version.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ import numpy as np
 
 from mnist_pipeline.config import settings
 from mnist_pipeline.errors import RegistryError, StorageError
+from mnist_pipeline.evaluation.metrics import labels_from_npy
 from mnist_pipeline.hashing import read_verified, sha256_hex
 from mnist_pipeline.registry.index import index_version
 from mnist_pipeline.registry.layout import CHAMPION_KEY, METADATA_FILE, MODELS_PREFIX
@@ -169,7 +169,7 @@ class ModelRegistry:
 
     def predictions(self, ref: VersionRef) -> np.ndarray:
         """The version's predicted labels on the test set it was evaluated on (sha256-verified)."""
-        return np.load(io.BytesIO(self.verified_file(ref, PREDICTIONS_FILE)), allow_pickle=False)
+        return labels_from_npy(self.verified_file(ref, PREDICTIONS_FILE))
 
     def verified_file(self, ref: VersionRef, name: str) -> bytes:
         """A version's file, refused unless its bytes match the sha256 recorded at publication."""

@@ -15,7 +15,7 @@ from airflow.sdk import BaseOperatorLink
 
 from mnist_pipeline.web.app import URL_PREFIX
 
-__all__ = ["PROMOTE_TASK_ID", "PromotedVersionLink", "registry_link"]
+__all__ = ["PROMOTE_TASK_ID", "PromotedVersionLink", "registry_link", "xcom_return_value"]
 
 PROMOTE_TASK_ID = "promote"
 
@@ -38,11 +38,12 @@ class PromotedVersionLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         if ti_key.task_id != PROMOTE_TASK_ID:
             return ""
-        return registry_link(_return_value(ti_key), _api_base_path())
+        return registry_link(xcom_return_value(ti_key), _api_base_path())
 
 
-def _return_value(ti_key: Any) -> Any:
-    """The promote task's XCom return value, read the way Airflow's own XCom links read theirs."""
+def xcom_return_value(ti_key: Any) -> Any:
+    """A task instance's XCom return value (any object with run_id, dag_id, task_id and map_index),
+    read the way Airflow's own XCom links read theirs."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
