@@ -10,7 +10,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.local/airflow \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo airflow test test-fast lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate > /dev/null
 	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test mnist_training
 	$(BIN)/mnist-pipeline summary
+
+# The Airflow UI (airflow standalone) with the same settings as demo, until Ctrl-C; AIRFLOW_PORT=8081 moves it.
+airflow: $(STAMP)
+	$(AIRFLOW_ENV) $(BIN)/python scripts/airflow_ui.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks scripts

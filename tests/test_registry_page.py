@@ -3,9 +3,13 @@ TestClient), behind Airflow's authentication, reading a registry on fake-gcs-ser
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import socket
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +17,15 @@ import pytest
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.evaluation.reports import FIGURE_SIZES
-from mnist_pipeline.registry.gate import GateConfig
+from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig, SliceVerdict, Verdict
+from mnist_pipeline.registry.history import record_event
 from mnist_pipeline.registry.promotion import PromotionOptions, promote
-from mnist_pipeline.registry.records import ChampionPointer
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.steps import evaluate, ingest, train
-from mnist_pipeline.storage import GcsStorage
-from mnist_pipeline.web.app import URL_PREFIX
-from mnist_pipeline.web.link import registry_link
+from mnist_pipeline.storage import CountingStorage, GcsStorage, open_storage
+from mnist_pipeline.web.app import URL_PREFIX, load_overview, load_version
+from mnist_pipeline.web.charts import accuracy_axis, accuracy_chart, percent_label, time_axis
 
 FLOOR = 0.5  # the first, weak model must become champion so that the second can beat it
 HTML = {"Accept": "text/html"}
@@ -138,6 +144,29 @@ def test_a_version_page_shows_its_figures_and_model_card(page, registry_uri: str
 
 
 @pytest.mark.slow
+def test_the_trained_runs_chart_marks_both_promotions_and_the_refusal(page, registry_uri: str) -> None:
+    champion = champion_of(registry_uri)
+    chart = chart_of(page("/", headers=HTML).text)
+    points = re.findall(r'<circle class="point (promoted|kept)" data-version="([^"]*)"', chart)
+    assert [outcome for outcome, _ in points] == ["promoted", "promoted", "kept"]
+    assert points[1][1] == f"dnn/{champion.version}" and points[0][1].startswith("linear/")
+    changes = re.findall(r'<g class="champion-change" data-version="([^"]*)"', chart)
+    assert changes == [points[0][1], points[1][1]]
+
+
+@pytest.mark.slow
+def test_the_trained_linear_version_is_compared_with_the_dnn_champion(page, registry_uri: str) -> None:
+    champion = champion_of(registry_uri)
+    linear = re.search(r'data-version="linear/([^"]+)"', page("/", headers=HTML).text)
+    html = page(f"/versions/linear/{linear.group(1)}", headers=HTML).text
+    table = html.split('<table id="comparison">')[1].split("</table>")[0]
+    _, champions, tone, difference = comparison_row(table, "test accuracy")
+    assert champions == f"{champion.metrics['accuracy'] * 100:.2f}%"
+    assert tone == "no" and difference.startswith("-")  # the DNN beat it
+    assert len(re.findall(r"<th>recall of digit \d</th>", table)) == 10  # from both metrics.json
+
+
+@pytest.mark.slow
 def test_only_report_files_are_served_and_unknown_versions_are_404(page, registry_uri: str) -> None:
     version = champion_of(registry_uri).version
     assert page(f"/versions/dnn/{version}/files/model.keras").status_code == 404
@@ -180,26 +209,297 @@ def test_a_registry_slower_than_the_page_timeout_is_a_503(signed_in, monkeypatch
     assert response.status_code == 503 and "did not answer within 0.5 s" in response.json()["detail"]
 
 
-def test_the_plugin_is_registered_with_its_view_app_and_link(api, token: str) -> None:
-    plugins = api.get("/api/v2/plugins", headers={"Authorization": f"Bearer {token}"}).json()["plugins"]
-    (plugin,) = [p for p in plugins if p["name"] == "mnist_model_registry"]
-    assert plugin["fastapi_apps"][0]["url_prefix"] == URL_PREFIX
-    (view,) = plugin["external_views"]
-    assert view["destination"] == "nav" and view["href"] == f"{URL_PREFIX}/"
-    assert any("PromotedVersionLink" in link for link in plugin["global_operator_extra_links"])
-
-
-def test_the_promote_link_opens_the_promoted_version() -> None:
-    promoted = {"promoted": True, "model": "cnn", "version": "20261128T010203Z-0123abcd"}
-    assert registry_link(promoted) == f"{URL_PREFIX}/versions/cnn/20261128T010203Z-0123abcd"
-    assert (
-        registry_link(promoted, "/airflow/") == f"/airflow{URL_PREFIX}/versions/cnn/20261128T010203Z-0123abcd"
-    )
-    assert registry_link({"promoted": False, "model": "cnn", "version": None}) == f"{URL_PREFIX}/"
-    assert registry_link(None) == ""
-
-
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# The accuracy chart and the comparison with the champion, on registries written through the
+# library (no model is trained): three gate decisions of two models, on a local folder.
+
+LINEAR = VersionRef("linear", "20260101T000001Z-00000001")
+DNN = VersionRef("dnn", "20260101T000002Z-00000002")
+HOSTILE_MODEL = "<script>alert(1)</script>"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def headline(accuracy: float) -> dict[str, float]:
+    """A version's test accuracy and loss, as pointers and events quote them."""
+    return {"accuracy": accuracy, "loss": round(1 - accuracy, 4)}
+
+
+def publish_version(registry: ModelRegistry, ref: VersionRef, accuracy: float, folders: Path) -> None:
+    """A version with a metrics.json whose recall of digit d is `accuracy` - d/1000."""
+    folder = folders / f"{ref.model}-{ref.version}"
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(b"weights")
+    per_class = {
+        str(d): {"precision": accuracy, "recall": accuracy - d / 1000, "support": 1000} for d in range(10)
+    }
+    (folder / "metrics.json").write_text(json.dumps(headline(accuracy) | {"per_class": per_class}))
+    identity = {"data_hash": "d" * 64, "airflow_run_id": f"run-{ref.model}", "trained_at": ref.version[:16]}
+    registry.publish(ref, folder, {"metrics": headline(accuracy), **identity})
+
+
+def gate_decision(
+    model: str,
+    accuracy: float,
+    champion: tuple[VersionRef, float] | None = None,
+    version: str | None = None,
+    new_data: tuple[float, float] | None = None,
+    time: str = "",
+) -> HistoryEvent:
+    """A gate decision: promoted when it names the `version` it published, kept otherwise."""
+    promoted = version is not None
+    against = champion[1] if champion else None
+    paired = {"b": 30, "c": 530, "adjusted_p_value": 1e-9} if champion else {}  # McNemar needs a champion
+    slices = [SliceVerdict(MNIST_TEST, 10000, accuracy, against, **paired)]
+    slices += [SliceVerdict(NEW_DATA, 400, *new_data, b=2, c=9)] if new_data else []
+    summary = (
+        VersionSummary(champion[0].model, champion[0].version, headline(champion[1])) if champion else None
+    )
+    reason = "no champion yet" if champion is None else "better" if promoted else "not better"
+    verdict = Verdict(promoted, reason, accuracy, against, slices=slices)
+    return HistoryEvent(
+        kind="gate",
+        model=model,
+        verdict=verdict,
+        promoted=promoted,
+        version=version,
+        metrics={"accuracy": accuracy},
+        previous_champion=summary,
+        time=time,
+    )
+
+
+def crown(registry: ModelRegistry, ref: VersionRef, accuracy: float) -> None:
+    pointer = ChampionPointer.for_version(
+        VersionSummary(ref.model, ref.version, headline(accuracy)), "u", "t", "ok"
+    )
+    registry.move_champion(lambda current: (pointer.succeeding(current), None))
+
+
+def three_decisions(root: Path, kept: int = 1, new_data: bool = False) -> ModelRegistry:
+    """A linear champion (92%), a DNN that beats it (97%), then `kept` linear challengers kept (92.5%)."""
+    registry = ModelRegistry(open_storage(str(root / "registry")))
+    publish_version(registry, LINEAR, 0.92, root / "folders")
+    record_event(registry.storage, gate_decision("linear", 0.92, version=LINEAR.version))
+    crown(registry, LINEAR, 0.92)
+    publish_version(registry, DNN, 0.97, root / "folders")
+    ours = (0.95, 0.90) if new_data else None
+    record_event(registry.storage, gate_decision("dnn", 0.97, (LINEAR, 0.92), DNN.version, ours))
+    crown(registry, DNN, 0.97)
+    for _ in range(kept):
+        theirs = (0.91, 0.95) if new_data else None
+        record_event(registry.storage, gate_decision("linear", 0.925, (DNN, 0.97), new_data=theirs))
+    return registry
+
+
+@pytest.fixture
+def page_of(signed_in, monkeypatch: pytest.MonkeyPatch) -> Callable[[ModelRegistry, str], str]:
+    """The HTML of a page of the registry page, reading `registry` (a local folder)."""
+
+    def get(registry: ModelRegistry, path: str) -> str:
+        monkeypatch.setenv("MNIST_REGISTRY_URI", registry.storage.root_uri)
+        response = signed_in(path, headers=HTML)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    return get
+
+
+def chart_of(html: str) -> str:
+    assert html.count('<svg id="accuracy-chart"') == 1
+    return html.split('<svg id="accuracy-chart"')[1].split("</svg>")[0]
+
+
+def test_the_chart_plots_each_gate_decision_and_marks_each_new_champion(page_of, tmp_path: Path) -> None:
+    html = page_of(three_decisions(tmp_path), "/")
+    # Under the champion, above the versions.
+    assert (
+        html.index('id="champion"') < html.index("<h2>Accuracy over time</h2>") < html.index("<h2>Versions")
+    )
+    chart = chart_of(html)
+    points = re.findall(
+        r'<circle class="point (promoted|kept)" data-version="([^"]*)" data-model="([^"]*)"', chart
+    )
+    assert points == [
+        ("promoted", str(LINEAR), "linear"),
+        ("promoted", str(DNN), "dnn"),
+        ("kept", "", "linear"),  # a kept challenger is not published
+    ]
+    assert re.findall(r'<g class="champion-change" data-version="([^"]*)"', chart) == [str(LINEAR), str(DNN)]
+    assert 'class="champion-line"' in chart and "data-slice" not in chart  # no slice but mnist_test
+    assert "97.00% on mnist_test, promoted" in chart and "92.50% on mnist_test, kept the champion" in chart
+
+
+def test_a_slice_panel_appears_only_when_the_decisions_judged_that_slice(tmp_path: Path) -> None:
+    plain = [gate_decision("dnn", 0.97, time=f"2026-03-01T12:0{i}:00.000000Z") for i in range(3)]
+    assert "data-slice" not in accuracy_chart(plain)
+    with_new_data = [
+        *plain,
+        gate_decision("dnn", 0.98, (DNN, 0.97), "v4", (0.95, 0.9), "2026-03-01T12:05:00Z"),
+    ]
+    chart = accuracy_chart(with_new_data)
+    assert re.findall(r'data-slice="([^"]+)"', chart) == ["new_data"]
+    panel = chart.split('data-slice="new_data"')[1]
+    assert panel.count('class="slice-point promoted"') == 1 and panel.count('class="slice-champion"') == 1
+    assert chart.count('class="point ') == 4  # the main panel still plots every decision
+
+
+def test_a_registry_whose_decisions_judged_new_data_shows_its_panel(page_of, tmp_path: Path) -> None:
+    chart = chart_of(page_of(three_decisions(tmp_path, new_data=True), "/"))
+    panel = chart.split('<g class="slice-panel" data-slice="new_data">')[1].split("</g>")[0]
+    # The first decision judged mnist_test only.
+    assert re.findall(r'class="slice-point (\w+)"', panel) == ["promoted", "kept"]
+
+
+def test_the_overview_without_history_says_there_is_nothing_to_chart(page_of, tmp_path: Path) -> None:
+    html = page_of(ModelRegistry(open_storage(str(tmp_path / "empty"))), "/")
+    assert "<svg" not in html and "No gate decisions yet: nothing to chart." in html
+
+
+def test_model_names_are_escaped_in_the_chart(page_of, tmp_path: Path) -> None:
+    registry = three_decisions(tmp_path)
+    record_event(registry.storage, gate_decision(HOSTILE_MODEL, 0.9, (DNN, 0.97)))
+    html = page_of(registry, "/")
+    assert HOSTILE_MODEL not in html
+    chart = chart_of(html)
+    assert 'data-model="&lt;script&gt;alert(1)&lt;/script&gt;"' in chart
+    assert ">&lt;script&gt;alert(1)&lt;/script&gt;</text>" in chart  # its legend entry
+
+
+def test_a_version_page_compares_it_with_the_champion(page_of, tmp_path: Path) -> None:
+    html = page_of(three_decisions(tmp_path), f"/versions/{LINEAR}")
+    assert "<h2>Compared with the champion</h2>" in html
+    assert f'<a href="{URL_PREFIX}/versions/{DNN}">dnn / {DNN.version}</a>' in html
+    table = html.split('<table id="comparison">')[1].split("</table>")[0]
+    accuracy = comparison_row(table, "test accuracy")
+    assert accuracy == ("92.00%", "97.00%", "no", "-5.00 pt")  # worse than the champion: red
+    assert comparison_row(table, "loss") == ("0.0800", "0.0300", "no", "+0.0500")  # higher loss: worse
+    assert comparison_row(table, "recall of digit 9") == ("91.10%", "96.10%", "no", "-5.00 pt")
+    assert len(re.findall(r"<th>recall of digit \d</th>", table)) == 10
+    # It was promoted as the first champion: its decision had no one to pair it with.
+    assert '<tr class="mcnemar"><th>McNemar</th><td colspan="3">no paired test: no champion yet</td>' in table
+
+
+def test_the_champion_page_compares_it_with_the_champion_it_replaced(page_of, tmp_path: Path) -> None:
+    html = page_of(three_decisions(tmp_path), f"/versions/{DNN}")
+    assert "<h2>Compared with the champion it replaced</h2>" in html
+    table = html.split('<table id="comparison">')[1].split("</table>")[0]
+    assert comparison_row(table, "test accuracy") == ("97.00%", "92.00%", "yes", "+5.00 pt")
+    mcnemar = re.search(r'<tr class="mcnemar" data-slice="mnist_test">.*?</tr>', table, re.S)
+    assert mcnemar and "b = 30, c = 530, p = 1e-09" in mcnemar.group(0)
+    assert f'href="{URL_PREFIX}/versions/{LINEAR}"' in html
+
+
+def test_the_first_champion_replaced_none(page_of, tmp_path: Path) -> None:
+    registry = ModelRegistry(open_storage(str(tmp_path / "registry")))
+    publish_version(registry, LINEAR, 0.92, tmp_path / "folders")
+    record_event(registry.storage, gate_decision("linear", 0.92, version=LINEAR.version))
+    crown(registry, LINEAR, 0.92)
+    html = page_of(registry, f"/versions/{LINEAR}")
+    assert "It replaced no champion" in html and 'id="comparison"' not in html
+
+
+def comparison_row(table: str, name: str) -> tuple[str, ...]:
+    row = re.search(
+        rf'<th>{name}</th><td>([^<]*)</td><td>([^<]*)</td>\s*<td class="([^"]*)">([^<]*)</td>', table
+    )
+    assert row, f"no row {name!r} in {table}"
+    return row.groups()
+
+
+def test_the_pages_cost_the_same_storage_calls_for_3_or_40_decisions(tmp_path: Path) -> None:
+    small, large = three_decisions(tmp_path / "small"), three_decisions(tmp_path / "large", kept=38)
+    readers: dict[str, Callable[[ModelRegistry], Any]] = {
+        "overview": lambda registry: load_overview(registry, str),
+        "challenger's page": lambda registry: load_version(registry, LINEAR, str),
+        "champion's page": lambda registry: load_version(registry, DNN, str),
+    }
+    costs = {name: (calls(small, read), calls(large, read)) for name, read in readers.items()}
+    assert all(at_3 == at_40 for at_3, at_40 in costs.values()), costs
+    # The chart adds nothing to the overview; the comparison adds the champion's metadata and the
+    # two metrics.json files with per-class recall.
+    assert costs["overview"][0] <= 10 and costs["challenger's page"][0] <= 10, costs
+    assert len(load_overview(large, str)["history"]) == 40
+
+
+def calls(registry: ModelRegistry, read: Callable[[ModelRegistry], Any]) -> int:
+    counted = CountingStorage(registry.storage)
+    read(ModelRegistry(counted))
+    return counted.total
+
+
+# The chart's axes: scaled to the data, never to an empty range.
+
+
+def test_equal_accuracies_still_get_a_readable_axis() -> None:
+    axis = accuracy_axis([0.97, 0.97, 0.97])
+    assert axis.low < 0.97 < axis.high and axis.high - axis.low >= 0.01
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(axis.ticks)}
+    assert len(steps) == 1 and 3 <= len(axis.ticks) <= 8  # evenly spaced, a handful
+    assert len(set(axis.labels)) == len(axis.labels) and all(label.endswith("%") for label in axis.labels)
+
+
+def test_accuracies_at_the_ends_stay_within_0_and_100_percent() -> None:
+    assert accuracy_axis([1.0]).high == 1.0 and accuracy_axis([1.0]).labels[-1] == "100.0%"
+    assert accuracy_axis([0.0, 0.0]).low == 0.0
+    wide = accuracy_axis([0.12, 0.99])  # padded past both ends: clipped to the whole range
+    assert wide.labels == ("0%", "20%", "40%", "60%", "80%", "100%")
+
+
+def test_a_single_decision_is_centred_on_a_minute_wide_time_axis() -> None:
+    moment = T0.timestamp()
+    axis = time_axis([moment])
+    assert axis.high - axis.low == pytest.approx(60) and axis.low < moment < axis.high
+    assert axis.ticks and all(axis.low <= tick <= axis.high for tick in axis.ticks)
+    chart = accuracy_chart([gate_decision("cnn", 0.99, version="v1", time="2026-03-01T12:00:00Z")])
+    assert chart.count('class="point promoted"') == 1 and chart.count('class="champion-change"') == 1
+
+
+def test_tick_labels_show_as_many_decimals_as_the_step() -> None:
+    assert percent_label(0.975, 0.0025) == "97.50%"
+    assert percent_label(0.97, 0.01) == "97%"
+    assert percent_label(0.971, 0.001) == "97.1%"
+
+
+def test_decisions_without_a_test_accuracy_are_left_out() -> None:
+    blank = HistoryEvent(
+        kind="gate", model="dnn", verdict=Verdict(False, "?"), promoted=False, time="2026-03-01T12:00:00Z"
+    )
+    assert accuracy_chart([]) is None and accuracy_chart([blank]) is None
+    untimed = gate_decision("dnn", 0.9)  # never recorded: no time
+    chart = accuracy_chart([blank, untimed, gate_decision("dnn", 0.9, time="2026-03-01T12:01:00Z")])
+    assert chart.count('class="point ') == 1
+
+
+def test_decisions_of_the_same_instant_are_each_plotted() -> None:
+    same = "2026-03-01T12:00:00.000000Z"
+    events = [
+        gate_decision("dnn", 0.97, version="v1", time=same),
+        gate_decision("cnn", 0.96, (DNN, 0.97), time=same),
+    ]
+    chart = accuracy_chart(events)
+    assert chart.count('class="point promoted"') == 1 and chart.count('class="point kept"') == 1
+
+
+def test_fifty_decisions_over_months_are_all_plotted_inside_the_chart() -> None:
+    events = [
+        gate_decision(
+            ("cnn", "dnn", "linear")[i % 3],
+            0.9 + (i % 7) / 100,
+            (DNN, 0.95),
+            f"v{i}" if i % 10 == 0 else None,
+            time=(T0 + timedelta(days=3 * i)).isoformat(),
+        )
+        for i in range(50)
+    ]
+    chart = accuracy_chart(events)
+    width, height = map(float, re.search(r'viewBox="0 0 (\S+) (\S+)"', chart).groups())
+    points = re.findall(r'<circle class="point \w+"[^>]* cx="([\d.]+)" cy="([\d.]+)"', chart)
+    assert len(points) == 50 and all(0 < float(x) < width and 0 < float(y) < height for x, y in points)
+    assert chart.count('class="point promoted"') == 5
+    months = re.findall(r">(\d{4}-\d{2})</text>", chart)  # a half-year is ticked at firsts of months
+    assert len(months) >= 3 and months == sorted(set(months))

@@ -13,7 +13,6 @@ import argparse
 import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -77,7 +76,6 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

@@ -1,7 +1,8 @@
 """The Model Registry page: a read-only FastAPI app that the Airflow plugin mounts in the api-server.
 
-It shows the champion, every published version with its metrics and gate verdict, the promotion
-history a page at a time (newest first), and each version's report figures and model card, read
+It shows the champion, a chart of the gate decisions' test accuracy over time (`web.charts`), every
+published version with its metrics and gate verdict, the promotion history a page at a time (newest
+first), and each version's report figures, model card and comparison with the champion, read
 through `ModelRegistry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing
 is cached). Versions and history come from the registry's indexes (`registry.index`), so a page
 costs a handful of storage calls however many versions and events the registry holds.
@@ -35,6 +36,9 @@ from mnist_pipeline.registry.index import VersionEntry, read_versions
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
 from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.storage import open_storage
+from mnist_pipeline.web.charts import accuracy_chart
+from mnist_pipeline.web.comparison import compare_with_champion
+from mnist_pipeline.web.runs import RunDecision, RunDecisionMissingError, load_run_decision
 from mnist_pipeline.web.templates import render
 
 __all__ = [
@@ -44,9 +48,11 @@ __all__ = [
     "airflow_access",
     "create_app",
     "load_overview",
+    "load_run",
     "load_version",
     "open_registry",
     "read_version_file",
+    "run_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,31 @@ def open_registry() -> ModelRegistry:
     return ModelRegistry(open_storage(settings().registry_uri))
 
 
+def load_run(dag_id: str, run_id: str) -> RunDecision:
+    """The promotion decision `run_id` recorded in the artifacts store (`MNIST_ARTIFACTS_URI`)."""
+    return load_run_decision(open_storage(settings().artifacts_uri), dag_id, run_id)
+
+
+def run_context(decision: RunDecision, link: Callable[[VersionRef], str]) -> dict[str, Any]:
+    """What the run page shows of a decision that published nothing."""
+    event, previous = decision.event, decision.event.previous_champion
+    return {
+        "run_id": event.run_id,
+        "outcome": decision.outcome,
+        "event": event.to_dict(),
+        "reason": event.reason,
+        "slices": [piece.to_dict() for piece in event.verdict.slices],
+        "recall_drops": sorted(event.verdict.recall_drops.items()),
+        "candidates": [_candidate_row(row) for row in decision.candidates],
+        "champion_link": link(VersionRef(previous.model, previous.version)) if previous else None,
+    }
+
+
+def _candidate_row(row: dict[str, Any]) -> dict[str, Any]:
+    fields = ("model", "accuracy", "loss", "new_data_accuracy", "epochs_run")
+    return {name: row.get(name) for name in fields}
+
+
 def load_overview(
     registry: ModelRegistry, link: Callable[[VersionRef], str], before: str | None = None
 ) -> dict[str, Any]:
@@ -97,13 +128,21 @@ def load_overview(
         "champion": shown,
         "versions": rows,
         "history": [_history_row(event) for event in page.events],
+        "accuracy_chart": accuracy_chart(page.events),  # drawn from the page just read: no storage call
         "history_before": before,
         "older_history": page.older,
     }
 
 
-def load_version(registry: ModelRegistry, ref: VersionRef, file_link: Callable[[str], str]) -> dict[str, Any]:
-    """One version: metadata, metrics, verdict, its report figures and its model card as HTML."""
+def load_version(
+    registry: ModelRegistry,
+    ref: VersionRef,
+    file_link: Callable[[str], str],
+    version_link: Callable[[VersionRef], str] | None = None,
+) -> dict[str, Any]:
+    """One version: metadata, metrics, verdict, its report figures, its model card as HTML, and how
+    it compares with the champion (with the one it replaced, when it is the champion).
+    `version_link`: another version's page; by default relative to this version's page."""
     metadata = _published_metadata(registry, ref)
     files = metadata.get("files_sha256", {})
     figures = [
@@ -112,7 +151,9 @@ def load_version(registry: ModelRegistry, ref: VersionRef, file_link: Callable[[
         if f"{REPORT_DIR}/{name}" in files
     ]
     card = registry.verified_file(ref, MODEL_CARD_FILE).decode() if MODEL_CARD_FILE in files else None
-    verdict = _promoting_verdict(registry, ref)
+    promoting = _promoting_event(registry, ref)
+    verdict = promoting.verdict if promoting else _NO_VERDICT
+    champion = registry.champion()
     return {
         "model": ref.model,
         "version": ref.version,
@@ -121,7 +162,10 @@ def load_version(registry: ModelRegistry, ref: VersionRef, file_link: Callable[[
         "verdict": verdict.reason,
         "slices": [piece.to_dict() for piece in verdict.slices],
         "data_flags": metadata.get("data_flags", []),
-        "is_champion": _ref_of(registry.champion()) == ref,
+        "is_champion": _ref_of(champion) == ref,
+        "comparison": compare_with_champion(
+            registry, (ref, metadata), champion, promoting, version_link or _sibling_link
+        ),
         "figures": figures,
         "model_card_html": _markdown_html(card) if card else "<p>No model card was published.</p>",
     }
@@ -159,14 +203,19 @@ def _version_row(
     }
 
 
-def _promoting_verdict(registry: ModelRegistry, ref: VersionRef) -> Verdict:
-    """The verdict of the decision that promoted the version (the gate's, before any manual one):
-    the versions index names its event, which is read for the slices' figures."""
+def _promoting_event(registry: ModelRegistry, ref: VersionRef) -> HistoryEvent | None:
+    """The decision that promoted the version (the gate's, before any manual one), None when none
+    is recorded: the versions index names its event, which is read for the slices' figures."""
     entries = read_versions(registry.storage, expect=(ref.model, ref.version))
     entry = next((entry for entry in entries if entry.ref == (ref.model, ref.version)), None)
     if entry is None or entry.promoted_by is None:
-        return _NO_VERDICT
-    return read_event(registry.storage, entry.promoted_by.key).verdict
+        return None
+    return read_event(registry.storage, entry.promoted_by.key)
+
+
+def _sibling_link(ref: VersionRef) -> str:
+    # Relative to a version's own page, /versions/<model>/<version>: callers without a request.
+    return f"../{ref.model}/{ref.version}"
 
 
 def _history_row(event: HistoryEvent) -> dict[str, Any]:
@@ -253,9 +302,25 @@ def _add_routes(app: FastAPI) -> None:
         def file_link(name: str) -> str:
             return request.url_for("version_file", model=model, version=version, name=name).path
 
-        context = await _off_the_loop(lambda: load_version(open_registry(), ref, file_link))
+        context = await _off_the_loop(lambda: load_version(open_registry(), ref, file_link, _links(request)))
         context["overview_link"] = request.url_for("overview").path
         return HTMLResponse(render("version", **context))
+
+    @app.get("/runs/{dag_id}/{run_id:path}", response_class=HTMLResponse, name="run_page")
+    async def run_page(request: Request, dag_id: str, run_id: str) -> Response:
+        """A run's decision; a run that published a version opens that version's page."""
+        decision = await _off_the_loop(lambda: load_run(dag_id, run_id))
+        published = decision.published_version
+        if published:
+            target = request.url_for("version_page", model=published[0], version=published[1]).path
+            return RedirectResponse(target, status_code=303)
+
+        def link(ref: VersionRef) -> str:
+            return request.url_for("version_page", model=ref.model, version=ref.version).path
+
+        context = run_context(decision, link) | {"dag_id": dag_id}
+        context["overview_link"] = request.url_for("overview").path
+        return HTMLResponse(render("run", **context))
 
     @app.get("/versions/{model}/{version}/files/{name:path}", name="version_file")
     async def version_file(model: str, version: str, name: str) -> Response:
@@ -263,6 +328,15 @@ def _add_routes(app: FastAPI) -> None:
         data, media_type = await _off_the_loop(lambda: read_version_file(open_registry(), ref, name))
         # A published version never changes: its files may be cached for good.
         return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=31536000"})
+
+
+def _links(request: Request) -> Callable[[VersionRef], str]:
+    """Links to versions' pages, as the app is mounted for `request`."""
+
+    def link(ref: VersionRef) -> str:
+        return request.url_for("version_page", model=ref.model, version=ref.version).path
+
+    return link
 
 
 def _parse_ref(model: str, version: str) -> VersionRef:
@@ -294,7 +368,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, VersionNotFoundError):
+    if isinstance(exc, VersionNotFoundError | RunDecisionMissingError):
         return _error_page(request, 404, "Not found", str(exc))
     log.warning("model registry page: %s", exc)
     return _error_page(request, 503, "Model registry unavailable", f"model registry unavailable: {exc}")

@@ -1,8 +1,8 @@
-"""The "Model Registry" extra link of the `promote` task: opens the page of the version it promoted.
+"""The "Model Registry" extra link of the `promote` task, and the names the plugin shows everywhere.
 
-Airflow-only (the api-server imports it through the plugin): the link is computed from the promote
-task's XCom return value (`{"promoted", "model", "version", ...}`), which stays small. A run that
-promoted nothing links to the registry overview, where the gate's decision is listed.
+Airflow-only (the api-server imports it through the plugin). The link opens the run's Model
+Registry tab inside the Airflow UI (a same-origin link: Airflow opens it in place, not in a new
+tab); that tab shows the version the run promoted, or, for a run that promoted nothing, its verdict.
 """
 
 from __future__ import annotations
@@ -15,30 +15,44 @@ from airflow.sdk import BaseOperatorLink
 
 from mnist_pipeline.web.app import URL_PREFIX
 
-__all__ = ["PROMOTE_TASK_ID", "PromotedVersionLink", "registry_link", "xcom_return_value"]
+__all__ = [
+    "LINK_NAME",
+    "NAV_ROUTE",
+    "PROMOTE_TASK_ID",
+    "RUN_TAB_HREF",
+    "RUN_TAB_ROUTE",
+    "PromotedVersionLink",
+    "registry_link",
+    "xcom_return_value",
+]
 
+LINK_NAME = "Model Registry"  # the navigation entry, the run tab and the extra link: one name
 PROMOTE_TASK_ID = "promote"
+# Airflow shows a navigation view at /plugin/<route> followed by the framed page's own path, so the
+# overview's address reads /plugin/mnist-pipeline/model-registry/ (and deep links work).
+NAV_ROUTE = "mnist-pipeline"
+RUN_TAB_ROUTE = "model-registry"  # a run's tab: /dags/<dag>/runs/<run>/plugin/model-registry
+# The page the run tab frames; Airflow fills in {DAG_ID} and {RUN_ID}, URL-encoded.
+RUN_TAB_HREF = f"{URL_PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}"
 
 
-def registry_link(outcome: dict[str, Any] | None, base_path: str = "") -> str:
-    """The page to open for a promote task's `outcome`; "" (no link) when the task left none."""
+def registry_link(dag_id: str, run_id: str, outcome: Any, base_path: str = "") -> str:
+    """The Airflow UI address of the run's Model Registry tab; "" (no link) before `promote` decided."""
     if not isinstance(outcome, dict):
         return ""
-    overview = f"{base_path.rstrip('/')}{URL_PREFIX}/"
-    if outcome.get("model") and outcome.get("version"):
-        return f"{overview}versions/{quote(outcome['model'])}/{quote(outcome['version'])}"
-    return overview
+    run = f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return f"{base_path.rstrip('/')}/{run}/plugin/{RUN_TAB_ROUTE}"
 
 
 class PromotedVersionLink(BaseOperatorLink):
     """Registered globally by the plugin (the promote task is a plain @task), shown only on `promote`."""
 
-    name = "Model Registry"
+    name = LINK_NAME
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         if ti_key.task_id != PROMOTE_TASK_ID:
             return ""
-        return registry_link(xcom_return_value(ti_key), _api_base_path())
+        return registry_link(ti_key.dag_id, ti_key.run_id, xcom_return_value(ti_key), _api_base_path())
 
 
 def xcom_return_value(ti_key: Any) -> Any:

@@ -1,4 +1,5 @@
-"""HTML of the Model Registry page (Jinja2, autoescaped): the overview and one version's page.
+"""HTML of the Model Registry page (Jinja2, autoescaped): the overview, one version's page, one
+run's decision.
 
 The templates are files in `templates/` next to this module, shipped as package data.
 """
@@ -12,11 +13,11 @@ from typing import Any
 __all__ = ["render"]
 
 _TEMPLATE_DIR = Path(__file__).with_name("templates")
-_FILES = {"overview": "overview.html", "version": "version.html"}
+_FILES = {"overview": "overview.html", "version": "version.html", "run": "run.html"}
 
 
 def render(template: str, **context: Any) -> str:
-    """`template` is "overview" or "version"."""
+    """`template` is "overview", "version" or "run"."""
     try:
         name = _FILES[template]
     except KeyError:

@@ -1,0 +1,293 @@
+"""`make airflow` (`scripts/airflow_ui.py`): the Airflow UI on this machine, in one command.
+
+The slow tests run the wrapper as `make airflow` does, on a free port with an AIRFLOW_HOME, a
+registry and artifacts of their own (the developer's `.local` stays untouched), sign in with the
+password it prints, open the plugin's page and find the DAG, then press Ctrl-C (SIGINT) and check
+that the wrapper exits 0 and leaves no process behind. The fast ones check that it refuses to
+start where it cannot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "airflow_ui.py"
+READY_TIMEOUT_S = 300  # 30-110 s seen on 2 busy cores: the database, then four components
+DAG_TIMEOUT_S = 120  # the dag-processor parses the DAG files after it starts
+STOP_TIMEOUT_S = 60  # the wrapper's own bound is 30 s of SIGTERM, then SIGKILL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wrapper_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """The environment of `make airflow`, with every place it writes under `tmp_path`."""
+    return os.environ | {
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW_PORT": str(port),
+        "MNIST_REGISTRY_URI": str(tmp_path / "registry"),  # the registry page writes its index
+        "MNIST_ARTIFACTS_URI": str(tmp_path / "artifacts"),
+    }
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
+    """`condition()`'s first truthy value within `timeout_s`, else its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(every_s)
+    return value
+
+
+@dataclass
+class Wrapper:
+    """The running wrapper and what it printed so far (read on a thread, so its pipe never fills)."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def printed(self, pattern: str) -> str | None:
+        match = re.search(pattern, self.output)
+        return match.group(1) if match else None
+
+
+def start_wrapper(env: dict[str, str], *args: str) -> Wrapper:
+    # A session of its own, as a terminal gives `make airflow`: our SIGINT reaches it alone.
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return Wrapper(process)
+
+
+def live_processes(sessions: set[int]) -> list[psutil.Process]:
+    """Every process of these sessions that still runs (a zombie has ended; its reaper is late)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in sessions and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue  # ended meanwhile
+    return found
+
+
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Api:
+    """The api-server as the UI's client sees it: a token from /auth/token, then Bearer requests."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.token: str | None = None
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.address + path, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            with urllib.request.urlopen(request, data=data, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def sign_in(self, username: str, password: str) -> None:
+        status, body = self.request("POST", "/auth/token", {"username": username, "password": password})
+        assert status in (200, 201), f"/auth/token answered {status}: {body[:300]!r}"
+        self.token = json.loads(body)["access_token"]
+
+    def dag_ids(self) -> list[str]:
+        status, body = self.request("GET", "/api/v2/dags?limit=100")
+        assert status == 200, f"/api/v2/dags answered {status}: {body[:300]!r}"
+        return [dag["dag_id"] for dag in json.loads(body)["dags"]]
+
+
+@dataclass
+class RunningUi:
+    wrapper: Wrapper
+    home: Path  # the test's AIRFLOW_HOME
+    address: str
+    username: str
+    password: str
+    sessions: set[int]  # the wrapper's session and standalone's
+    groups: set[int]  # every process group seen while it ran
+
+
+def sessions_and_groups(root: int) -> tuple[set[int], set[int]]:
+    """The sessions and process groups of `root` and every process below it."""
+    sessions, groups = set(), set()
+    procs = [psutil.Process(root)]
+    procs += procs[0].children(recursive=True)
+    for proc in procs:
+        try:
+            sessions.add(os.getsid(proc.pid))
+            groups.add(os.getpgid(proc.pid))
+        except OSError:
+            continue
+    return sessions, groups
+
+
+def stop_wrapper(process: subprocess.Popen[str]) -> None:
+    """The safety net when a test failed half-way: Ctrl-C, so the wrapper stops Airflow itself."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUi]:
+    """The wrapper, started, once it printed how to sign in."""
+    tmp_path = tmp_path_factory.mktemp("airflow-ui")
+    env = wrapper_env(tmp_path, free_port())
+    wrapper = start_wrapper(env)
+    wait_until(lambda: "Ctrl-C" in wrapper.output or wrapper.process.poll() is not None, READY_TIMEOUT_S)
+    address, password = wrapper.printed(r"ready: (http://\S+)"), wrapper.printed(r"password: +(\S+)")
+    if wrapper.process.poll() is not None or not (address and password):
+        stop_wrapper(wrapper.process)
+        pytest.fail(f"the wrapper did not get ready:\n{wrapper.output}", pytrace=False)
+    sessions, groups = sessions_and_groups(wrapper.process.pid)
+    username = wrapper.printed(r"user: +(\S+)") or ""
+    home = Path(env["AIRFLOW_HOME"])
+    yield RunningUi(wrapper, home, address, username, password, sessions, groups)
+    stop_wrapper(wrapper.process)
+    for proc in live_processes(sessions):
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_prints_the_address_user_and_password(ui: RunningUi) -> None:
+    port = ui.address.rsplit(":", 1)[1]
+    assert ui.address == f"http://localhost:{port}"
+    assert ui.username == "admin"
+    # The test's AIRFLOW_HOME, not the developer's .local/airflow; Airflow's own output went there.
+    assert f"AIRFLOW_HOME={ui.home}" in ui.wrapper.output
+    assert str(ui.home / "standalone.log") in ui.wrapper.output
+    assert (ui.home / "standalone.log").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_address_answers(ui: RunningUi) -> None:
+    status, body = Api(ui.address).request("GET", "/api/v2/monitor/health")
+    assert status == 200
+    assert json.loads(body)["metadatabase"]["status"] == "healthy"
+
+
+@pytest.mark.slow
+def test_the_printed_password_signs_in(ui: RunningUi) -> None:
+    api = Api(ui.address)
+    api.sign_in(ui.username, ui.password)
+    assert api.token
+
+
+@pytest.mark.slow
+def test_the_plugin_page_is_served(ui: RunningUi) -> None:
+    api = Api(ui.address)
+    api.sign_in(ui.username, ui.password)
+    status, body = api.request("GET", "/model-registry/")
+    # 503: the page is there but the registry cannot be read; 404 would mean no plugin.
+    assert status in (200, 503), f"/model-registry/ answered {status}: {body[:300]!r}"
+
+
+@pytest.mark.slow
+def test_the_dag_is_listed(ui: RunningUi) -> None:
+    api = Api(ui.address)
+    api.sign_in(ui.username, ui.password)
+    dag_ids = wait_until(lambda: "mnist_training" in (ids := api.dag_ids()) and ids, DAG_TIMEOUT_S, 2.0)
+    assert dag_ids and "mnist_training" in dag_ids, f"DAGs listed after {DAG_TIMEOUT_S} s: {api.dag_ids()}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_everything(ui: RunningUi) -> None:
+    """Runs last: SIGINT, as Ctrl-C sends it; the wrapper exits 0 and no process it started is left."""
+    assert len(ui.groups) > 1, "standalone's process group was not seen"
+    ui.wrapper.process.send_signal(signal.SIGINT)
+    code = ui.wrapper.process.wait(STOP_TIMEOUT_S)
+    assert code == 0, ui.wrapper.output
+    assert "Airflow stopped." in ui.wrapper.output
+    assert live_processes(ui.sessions) == []
+    # Each group is gone once its ended members are reaped, by init for the orphans: a few seconds.
+    gone = wait_until(lambda: not any(group_exists(group) for group in ui.groups), 20.0, 0.5)
+    assert gone, f"process groups left: {[group for group in ui.groups if group_exists(group)]}"
+
+
+@pytest.mark.parametrize("how", ["AIRFLOW_PORT", "--port"])
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path, how: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = wrapper_env(tmp_path, port) if how == "AIRFLOW_PORT" else wrapper_env(tmp_path, free_port())
+        args = ["--port", str(port)] if how == "--port" else []
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode != 0
+    assert f"Port {port} is already in use" in result.stderr
+    assert not (tmp_path / "airflow" / "standalone.log").exists()  # Airflow never started
+
+
+def test_a_second_instance_on_the_same_home_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "airflow"
+    home.mkdir()
+    with open(home / "airflow-ui.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running wrapper holds it
+        env = wrapper_env(tmp_path, free_port())
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode != 0
+    assert "Another `make airflow` runs with AIRFLOW_HOME=" in result.stderr
+    assert not (home / "standalone.log").exists()
