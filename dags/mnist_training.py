@@ -8,10 +8,21 @@ beats the current champion.
 
 Runs weekly (cron `MNIST_SCHEDULE`; unpausing starts nothing until the next scheduled time), from
 the trigger form, and when `mnist_incoming` announces enough new labelled data (its models then
-start from the champion's weights). One TaskGroup per model (`train` -> `evaluate`), built in a
-loop over the table of model architectures.
+start from the champion's weights). One TaskGroup per model (`trials` -> `train`, mapped over
+the trials -> `select` -> `evaluate`), built in a loop over the table of model architectures.
+The `sweep` parameter tries several settings of a model in one run: `train` is mapped over its
+trials (each on the training queue and pool, so several GPU workers train side by side), `select`
+keeps the best on the validation split only, and only that one is evaluated on the test set and
+goes to the gate. Without a sweep, each model trains once, as it always did.
 XCom carries only URIs, hashes and metrics; the data and models live in the artifacts store
 (`MNIST_ARTIFACTS_URI`) and the registry (`MNIST_REGISTRY_URI`).
+
+With `approval=required`, a promotion the gate allows publishes the version as the alias
+`candidate` and waits in `approval` (Airflow's approval operator) for a person: approve, and
+`release` moves the champion; reject, or no answer within `approval_timeout_hours`, and the
+champion stays. `release` announces each move of the champion as an event on the `mnist_champion`
+asset (which `mnist_serving_export` schedules on); it is skipped, emitting nothing, when nothing
+moved.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import (
     DAG,
     Asset,
@@ -33,15 +45,18 @@ from airflow.sdk import (
     task_group,
 )
 
-from mnist_pipeline.config import PRECISIONS, settings
+from mnist_pipeline.config import APPROVAL_MODES, PRECISIONS, settings
 from mnist_pipeline.data.incoming import NEW_DATA_ASSET_NAME
 from mnist_pipeline.registry.gate import GateConfig
+from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME
 from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS
+from mnist_pipeline.training.sweeps import sweep_schema
 
 # TensorFlow is never imported here: each task imports the library step it runs.
 
 SETTINGS = settings()  # schedule, queue and pool are read when the file is parsed
 NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
+CHAMPION_RELEASES = Asset(CHAMPION_ASSET_NAME)  # one event per move of the champion
 GATE = GateConfig()  # the form's promotion defaults
 
 
@@ -90,6 +105,24 @@ def _model_params(name: str) -> dict[str, Param]:
     }
 
 
+def _sweep_param() -> Param:
+    """Per model, the settings to try: its JSON schema (from the model table and each model's
+    config fields) makes the trigger form and the REST API refuse a bad sweep, the field named."""
+    limit = SETTINGS.max_trials
+    return Param(
+        {},
+        title="Sweep",
+        description="Per model, lists of values for any of its settings, tried as a grid, e.g."
+        ' {"cnn": {"learning_rate": [0.001, 0.002], "dropout": [0.2, 0.3]}} (4 trials); or a list of'
+        ' trials, e.g. {"cnn": [{"learning_rate": 0.001}, {"learning_rate": 0.002, "dropout": 0.3}]}.'
+        " Each trial trains as its own task on the training workers; the trial best on the validation"
+        f" split goes on to the test set and the gate. At most {limit} trials per model"
+        " (MNIST_MAX_TRIALS). Empty: each model trains once.",
+        section="Sweep",
+        **sweep_schema(MODELS, limit),
+    )
+
+
 PARAMS = {
     "models": Param(
         list(MODEL_NAMES),
@@ -122,6 +155,7 @@ PARAMS = {
         description="Empty keeps each model's default (cosine decay after a short warm-up).",
         section="Training",
     ),
+    "sweep": _sweep_param(),
     "warm_start": Param(
         "auto",
         type="string",
@@ -198,6 +232,24 @@ PARAMS = {
         description="Decide and report the verdict, but write nothing to the registry.",
         section="Promotion",
     ),
+    "approval": Param(
+        SETTINGS.approval,
+        type="string",
+        enum=list(APPROVAL_MODES),
+        title="Approval",
+        description="required: a promotion the gate allows is published as the candidate and waits"
+        " for a person to approve it (the approval task) before the champion moves. Default:"
+        " MNIST_APPROVAL.",
+        section="Promotion",
+    ),
+    "approval_timeout_hours": Param(
+        24,
+        type="number",
+        exclusiveMinimum=0,
+        title="Approval timeout (hours)",
+        description="With approval required: no answer within this long rejects the candidate.",
+        section="Promotion",
+    ),
 }
 
 
@@ -249,22 +301,65 @@ def ingest() -> dict:
     from mnist_pipeline import steps
 
     with _no_retry_on_bad_input():
+        _check_sweep()  # a bad sweep fails the run here, before any data is read or model trained
         return steps.ingest(_settings(), _run_id()).to_dict()
 
 
+def _sweep() -> dict:
+    return get_current_context()["params"].get("sweep") or {}  # absent from runs before sweeps
+
+
+def _check_sweep() -> None:
+    """Every model's trials, against the limit (a grid's product, which no JSON schema can bound)."""
+    from mnist_pipeline.training.sweeps import check_sweep
+
+    check_sweep(_sweep(), settings().max_trials)
+
+
 @task
-def train(model_name: str, snapshot: dict) -> dict:
+def trials(model_name: str) -> list[dict]:
+    """The model's trials in this run, which `train` is mapped over: one without a sweep."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mnist_pipeline import steps
-    from mnist_pipeline.data.snapshot import SnapshotInfo
+    from mnist_pipeline.training.sweeps import expand_sweep
 
     if model_name not in get_current_context()["params"]["models"]:
         raise AirflowSkipException(f"model {model_name!r} is not selected for this run")
     with _no_retry_on_bad_input():
+        return [trial.to_dict() for trial in expand_sweep(_sweep(), model_name, settings().max_trials)]
+
+
+@task
+def train(model_name: str, snapshot: dict, trial: dict) -> dict:
+    """One trial of the model (the only one without a sweep), labelled with its settings."""
+    from mnist_pipeline import steps
+    from mnist_pipeline.data.snapshot import SnapshotInfo
+    from mnist_pipeline.training.sweeps import Trial
+
+    with _no_retry_on_bad_input():
         info = SnapshotInfo.from_dict(snapshot, "the ingest task's XCom")
+        planned = Trial.from_dict(trial, "the trials task's XCom")
+        get_current_context()["trial_label"] = _trial_label(planned)  # type: ignore[typeddict-unknown-key]
         config, warm = _train_config(model_name), _warm_start_wanted()
-        return steps.train(model_name, info, config, _settings(), _run_id(), warm_start=warm).to_dict()
+        record = steps.train(model_name, info, config, _settings(), _run_id(), warm_start=warm, trial=planned)
+        return record.to_dict()
+
+
+def _trial_label(trial: Any) -> str:
+    """The mapped instance's name in the UI: `trial 1: learning_rate=0.001, dropout=0.3`."""
+    shown = ", ".join(f"{name}={value}" for name, value in trial.settings.items())
+    return f"trial {trial.index}: {shown or 'model defaults'}"
+
+
+@task
+def select(model_name: str, trainings: list[dict]) -> dict:
+    """The training that goes on to the test set: the sweep's trial best on validation."""
+    from mnist_pipeline import steps
+    from mnist_pipeline.training.record import TrainingRecord
+
+    with _no_retry_on_bad_input():
+        records = [TrainingRecord.from_dict(training, "a train task's XCom") for training in trainings]
+        return steps.select(model_name, records, _settings(), _run_id()).to_dict()
 
 
 @task
@@ -294,6 +389,7 @@ def _promotion_options() -> Any:
         dry_run=params["dry_run"],
         trigger=_trigger_kind(context),
         run_conf=dict(params),
+        approval=params.get("approval", "none") == "required",  # absent from runs before approvals
     )
 
 
@@ -305,20 +401,103 @@ def _trigger_kind(context: Any) -> str:
 
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 def promote(evaluations: list[dict | None]) -> dict:
-    from mnist_pipeline import steps
+    from mnist_pipeline import lineage, steps
     from mnist_pipeline.evaluation.record import EvaluationRecord
 
     with _no_retry_on_bad_input():
         records = [EvaluationRecord.from_dict(e, "an evaluate task's XCom") for e in evaluations if e]
-        return steps.promote(records, _settings(), _run_id(), _promotion_options()).to_dict()
+        outcome = steps.promote(records, _settings(), _run_id(), _promotion_options())
+        lineage.promoted(records, outcome, _settings())  # OpenLineage: the models in, the version out
+        return outcome.to_dict()
+
+
+def _promotion_outcome(context: Any) -> Any:
+    """The promote task's outcome (a PromotionOutcome); None when promote did not run."""
+    from mnist_pipeline.registry.promotion import PromotionOutcome
+
+    payload = context["ti"].xcom_pull(task_ids="promote")
+    return PromotionOutcome.from_dict(payload, "the promote task's XCom") if payload else None
+
+
+def _api_base_path() -> str:
+    """The api-server's path prefix (`[api] base_url`): the approval's link to the version page."""
+    from urllib.parse import urlparse
+
+    from airflow.sdk.configuration import conf
+
+    return urlparse(conf.get("api", "base_url", fallback="") or "").path
+
+
+class CandidateApproval(ApprovalOperator):
+    """Airflow's approval operator, asking a person about the candidate `promote` published.
+
+    Skipped when the run's promotion awaits no approval (approval not required, a kept champion, a
+    dry run). The question (verdict, slices, link) and the timeout are known only at run time, so
+    they are set here before the operator records its request. Reject, or the timeout (whose
+    default answer is Reject), records the decision and skips `release`: no asset event."""
+
+    def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from mnist_pipeline.registry.approval import approval_request
+
+        outcome = _promotion_outcome(context)
+        if outcome is None or not outcome.awaiting_approval:
+            raise AirflowSkipException("no approval needed: the promotion did not ask for one")
+        hours = float(context["params"]["approval_timeout_hours"])
+        request = approval_request(outcome, context["run_id"], hours, _api_base_path())
+        self.subject, self.body = request.subject, request.body
+        self.response_timeout = timedelta(hours=hours)
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from mnist_pipeline import steps
+        from mnist_pipeline.registry.approval import ApprovalAnswer
+
+        if "error" not in event:  # an error event fails the task in the operator: nothing is decided
+            answer = ApprovalAnswer.from_hitl(event)
+            if not answer.approved:
+                with _no_retry_on_bad_input():
+                    steps.decline(_promotion_outcome(context), answer, _settings(), _run_id())
+        return super().execute_complete(context=context, event=event)
+
+
+@task(outlets=[CHAMPION_RELEASES], trigger_rule=TriggerRule.NONE_FAILED)
+def release() -> dict:
+    """Announce the champion's move (the gate's, or an approved candidate's, which moves now) as
+    an event on `mnist_champion`; skipped (no event) when nothing moved."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mnist_pipeline import steps
+    from mnist_pipeline.registry.approval import ApprovalAnswer
+
+    context = get_current_context()
+    outcome = _promotion_outcome(context)
+    response = context["ti"].xcom_pull(task_ids="approval")
+    answer = ApprovalAnswer.from_hitl(response) if response else None
+    with _no_retry_on_bad_input():
+        made = steps.release(outcome, answer, _settings(), _run_id()) if outcome else None
+    if made is None:
+        raise AirflowSkipException("the champion did not move (kept, dry run or not approved): no event")
+    context["outlet_events"][CHAMPION_RELEASES].extra = made.to_dict()
+    return made.to_dict()
 
 
 @task_group
-def model_group(model_name: str, snapshot: dict) -> Any:
-    """Train one model (on the training queue and pool: the GPU workers), then evaluate it on the
-    fixed test set (on any worker)."""
-    training = train.override(queue=SETTINGS.train_queue, pool=SETTINGS.train_pool)(model_name, snapshot)
-    return evaluate(training)
+def model_group(model_name: str, snapshot: Any) -> Any:
+    """Train one model once per trial of its sweep (mapped instances on the training queue and
+    pool: the GPU workers, trials side by side), keep the trial best on validation, then evaluate it
+    on the fixed test set (on any worker)."""
+    planned = trials(model_name)
+    snapshot >> planned  # a bad sweep fails `ingest` first: the trials are not even listed
+    trainings = (
+        train.override(
+            queue=SETTINGS.train_queue, pool=SETTINGS.train_pool, map_index_template="{{ trial_label }}"
+        )
+        .partial(model_name=model_name, snapshot=snapshot)
+        .expand(trial=planned)
+    )
+    return evaluate(select(model_name, trainings))
 
 
 with DAG(
@@ -333,4 +512,9 @@ with DAG(
 ) as dag:
     snapshot = ingest()
     evaluations = [model_group.override(group_id=name)(name, snapshot) for name in MODEL_NAMES]
-    promote(evaluations)
+    approval = CandidateApproval(
+        task_id="approval",
+        subject="Make the candidate the MNIST champion?",  # replaced by the run's own question
+        defaults=ApprovalOperator.REJECT,  # no answer before the timeout rejects
+    )
+    promote(evaluations) >> approval >> release()

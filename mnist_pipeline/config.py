@@ -20,6 +20,7 @@ from pathlib import Path
 from mnist_pipeline.errors import ConfigError
 
 __all__ = [
+    "APPROVAL_MODES",
     "CANONICAL_MNIST_SHA256",
     "CANONICAL_MNIST_URL",
     "ENVIRONMENT_VARIABLES",
@@ -34,6 +35,7 @@ CANONICAL_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datase
 CANONICAL_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+APPROVAL_MODES = ("none", "required")  # does a promotion wait for a person's approval?
 
 
 def _local_default(name: str) -> str:
@@ -57,6 +59,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "storage_retry_deadline": "MNIST_STORAGE_RETRY_DEADLINE",
     "stale_upload_seconds": "MNIST_STALE_UPLOAD_SECONDS",
     "registry_page_timeout": "MNIST_REGISTRY_PAGE_TIMEOUT",
+    "approval": "MNIST_APPROVAL",
+    "max_trials": "MNIST_MAX_TRIALS",
     # google-cloud-storage's own variable; read here too, so storage knows to go anonymous.
     "storage_emulator_host": "STORAGE_EMULATOR_HOST",
 }
@@ -82,6 +86,10 @@ class PipelineSettings:
     # An uncommitted version untouched this long is a crashed publish's leftover.
     stale_upload_seconds: float = 3600.0
     registry_page_timeout: float = 20.0  # seconds the registry page waits before answering 503
+    # The trigger form's default: "required" makes a person approve each promotion the gate allows.
+    approval: str = "none"
+    # Trials one model may train in one run (the `sweep` parameter), explicit or a grid's product.
+    max_trials: int = 16
     storage_emulator_host: str = ""  # a GCS emulator (fake-gcs-server) instead of Google
 
     def __post_init__(self) -> None:
@@ -139,6 +147,8 @@ _RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "storage_retry_deadline": (_is_positive_number, "a positive number"),
     "stale_upload_seconds": (_is_positive_number, "a positive number"),
     "registry_page_timeout": (_is_positive_number, "a positive number"),
+    "approval": (lambda v: v in APPROVAL_MODES, " or ".join(repr(mode) for mode in APPROVAL_MODES)),
+    "max_trials": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
 }
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from mnist_pipeline.errors import ConfigError
 
-__all__ = ["model_key", "run_key", "utc_now"]
+__all__ = ["model_key", "run_key", "trial_key", "utc_now"]
 
 
 def run_key(run_id: str) -> str:
@@ -20,6 +20,11 @@ def run_key(run_id: str) -> str:
 def model_key(run_id: str, model: str) -> str:
     """The artifacts prefix of one model trained in one run."""
     return f"{run_key(run_id)}/{model}"
+
+
+def trial_key(run_id: str, model: str, index: int) -> str:
+    """The artifacts prefix of one trial of a sweep (its model, record and checkpoint)."""
+    return f"{model_key(run_id, model)}/trials/{index}"
 
 
 def utc_now() -> str:

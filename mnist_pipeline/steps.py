@@ -1,4 +1,7 @@
-"""The pipeline's steps, as plain functions: `ingest`, `train`, `evaluate`, `promote`.
+"""The pipeline's steps, as plain functions: `ingest`, `train` (once per trial of a sweep), `select`
+(a sweep's best trial, on validation), `evaluate`, `promote`, then
+`release` (the champion moved: by the gate, or by a person's approval) or `decline` (a person
+rejected the candidate, or did not answer in time).
 
 Airflow tasks and the `mnist-pipeline` CLI both call these. Each step takes and returns small
 records (URIs, hashes, metrics: what XCom may carry; `to_dict` at the XCom boundary) and writes
@@ -9,25 +12,34 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnist_pipeline import lineage
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data.mnist import MnistData, split_validation
 from mnist_pipeline.data.snapshot import SnapshotInfo, read_snapshot, write_snapshot
+from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.hashing import read_verified, sha256_hex
-from mnist_pipeline.registry.promotion import NEW_DATA_PREDICTIONS, promote  # the fourth step
+from mnist_pipeline.registry.approval import ApprovalAnswer, decline_candidate, released
+from mnist_pipeline.registry.promotion import NEW_DATA_PREDICTIONS, PromotionOutcome, promote  # 4th step
+from mnist_pipeline.registry.records import HistoryEvent
+from mnist_pipeline.registry.release import Release
 from mnist_pipeline.registry.store import ModelRegistry, VersionRef
-from mnist_pipeline.runs import model_key, run_key, utc_now
+from mnist_pipeline.runs import model_key, run_key, trial_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.training.architectures import MODEL_NAMES, get_model_spec
 from mnist_pipeline.training.record import TrainingRecord
+from mnist_pipeline.training.sweeps import Trial
+from mnist_pipeline.trials import SELECTED_ON, TrialResult, TrialTable, choose_winner
+from mnist_pipeline.workers import worker_hostname
 
-__all__ = ["evaluate", "ingest", "promote", "run_evaluations", "train"]
+__all__ = ["decline", "evaluate", "ingest", "promote", "release", "run_evaluations", "select", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,7 @@ def ingest(settings: PipelineSettings, run_id: str) -> SnapshotInfo:
     artifacts = open_storage(settings.artifacts_uri)
     data, sources = build_training_set(settings, artifacts)
     snapshot = write_snapshot(data, artifacts, settings.source, sources)
+    lineage.ingested(snapshot, sources)  # OpenLineage, when an Airflow task runs this
     artifacts.write_json(f"{run_key(run_id)}/ingest.json", snapshot.to_dict() | {"run_id": run_id})
     log.info(
         "ingested %s: %d train / %d test images, hash %s",
@@ -58,33 +71,76 @@ def train(
     settings: PipelineSettings,
     run_id: str,
     warm_start: bool = False,
+    trial: Trial | None = None,
 ) -> TrainingRecord:
     """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run.
 
     With `warm_start`, the model begins from the champion's weights when the champion is the same
     architecture (else it starts cold, and the record says why). Checkpointed after every epoch
-    under `<run>/<model>/checkpoint/`: a retry of a killed attempt resumes from the last epoch."""
+    under `<run>/<model>/checkpoint/`: a retry of a killed attempt resumes from the last epoch.
+    A sweep's `trial` overrides the model's and the run's settings and trains under its own
+    `<run>/<model>/trials/<index>/` (checkpoint included); its record carries its validation
+    scores and the worker that trained it, for `select`."""
     from mnist_pipeline.training.checkpoint import ArtifactCheckpoint
-    from mnist_pipeline.training.model_io import model_to_bytes
     from mnist_pipeline.training.trainer import train_model
 
     get_model_spec(model_name)  # fail before loading any data on an unknown name
+    trial = trial or Trial(model_name, 0)
+    if trial.model != model_name:
+        raise ConfigError(f"trial {trial.index} is one of {trial.model!r}, not of {model_name!r}")
+    train_config, model_settings = trial.configs(train_config)
     start = (
-        _initialisation(model_name, train_config, settings) if warm_start else _Start.cold("not asked for")
+        _initialisation(model_name, train_config, settings, model_settings)
+        if warm_start
+        else _Start.cold("not asked for")
     )
     train_config = replace(train_config, warm_start=start.weights is not None)
     artifacts = open_storage(settings.artifacts_uri)
     train_split, val_split = _splits(artifacts, snapshot.data_hash, train_config)
-    prefix = model_key(run_id, model_name)
+    prefix = trial.key(run_id)
+    fingerprint = _fingerprint(snapshot, train_config, start, trial)
+    checkpoint = ArtifactCheckpoint(artifacts, f"{prefix}/checkpoint", fingerprint)
+    result = train_model(
+        model_name,
+        train_split,
+        val_split,
+        train_config,
+        checkpoint=checkpoint,
+        initial_weights=start.weights,
+        model_settings=model_settings,
+    )
+    facts = _training_facts(result, train_config, start)
+    if trial.swept:
+        facts["trial"] = _trial_result(trial, result, val_split)
+    record = _stored_training(artifacts, prefix, result, snapshot, run_id, model_name, facts)
+    checkpoint.clear()  # the model is stored: nothing is left to resume
+    lineage.trained(snapshot, record)
+    return record
+
+
+def _fingerprint(snapshot: SnapshotInfo, train_config: TrainConfig, start: _Start, trial: Trial) -> dict:
+    """What a checkpoint must have been written for to be resumed: the same data, settings and start."""
     fingerprint = {
         "data_hash": snapshot.data_hash,
         "train_config": asdict(train_config),
         "start": start.origin,
     }
-    checkpoint = ArtifactCheckpoint(artifacts, f"{prefix}/checkpoint", fingerprint)
-    result = train_model(
-        model_name, train_split, val_split, train_config, checkpoint=checkpoint, initial_weights=start.weights
-    )
+    return (fingerprint | {"trial": trial.settings}) if trial.swept else fingerprint
+
+
+def _stored_training(
+    artifacts: Storage,
+    prefix: str,
+    result: Any,
+    snapshot: SnapshotInfo,
+    run_id: str,
+    model_name: str,
+    facts: dict[str, Any],
+) -> TrainingRecord:
+    """Store the trained model and its record (`training.json`, with every epoch's metrics) under
+    `prefix`; returns the record."""
+    from mnist_pipeline.training.model_io import model_to_bytes
+
     model_bytes = model_to_bytes(result.model)
     artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
     record = TrainingRecord.carried_over(
@@ -95,10 +151,73 @@ def train(
         manifest_hash=snapshot.manifest_hash or None,
         model_uri=artifacts.uri(f"{prefix}/model.keras"),
         model_sha256=sha256_hex(model_bytes),
-        **_training_facts(result, train_config, start),
+        **facts,
     )
     artifacts.write_json(f"{prefix}/training.json", record.to_dict() | {"history": result.history})
-    checkpoint.clear()  # the model is stored: nothing is left to resume
+    return record
+
+
+def _trial_result(trial: Trial, result: Any, val_split: tuple) -> TrialResult:
+    """A sweep trial's row: the validation scores of the weights it ships (those early stopping
+    kept, averaged), its curves per epoch, how long it trained and on which worker."""
+    from mnist_pipeline.data.tf_data import make_eval_dataset
+
+    dataset = make_eval_dataset(*val_split, result.global_batch_size)
+    scores = result.model.evaluate(dataset, verbose=0, return_dict=True)
+    return TrialResult(
+        index=trial.index,
+        settings=trial.settings,
+        val_accuracy=float(scores["accuracy"]),
+        val_loss=float(scores["loss"]),
+        epochs_run=result.epochs_run,
+        train_seconds=round(result.train_seconds, 2),
+        worker=worker_hostname(),
+        val_accuracy_per_epoch=[float(value) for value in result.history.get("val_accuracy", [])],
+        val_loss_per_epoch=[float(value) for value in result.history.get("val_loss", [])],
+    )
+
+
+def select(
+    model_name: str, trainings: Sequence[TrainingRecord], settings: PipelineSettings, run_id: str
+) -> TrainingRecord:
+    """The training of `model_name` that goes on to evaluation and the gate. Outside a sweep, the
+    one training, unchanged. In a sweep, the trial best on the validation split (`choose_winner`;
+    the test set is never looked at): every trial goes to `<run>/<model>/trials.json`, and the
+    winner's model and record, carrying the trial table, to `<run>/<model>/`, where evaluation,
+    the report and publication read them."""
+    swept = [training for training in trainings if training.trial is not None]
+    if not swept:
+        if len(trainings) != 1:
+            raise ConfigError(f"{model_name}: {len(trainings)} trainings but no sweep; expected one")
+        return trainings[0]
+    results = sorted((training.trial for training in swept), key=lambda result: result.index)
+    winner = choose_winner(results)
+    artifacts = open_storage(settings.artifacts_uri)
+    prefix = model_key(run_id, model_name)
+    table = TrialTable(model_name, run_id, winner.index, SELECTED_ON, results)
+    artifacts.write_json(f"{prefix}/trials.json", table.to_dict())
+    log.info(
+        "%s: trial %d of %d wins on validation (accuracy %.4f, loss %.4f): %s",
+        model_name,
+        winner.index,
+        len(results),
+        winner.val_accuracy,
+        winner.val_loss,
+        winner.settings,
+    )
+    chosen = next(training for training in swept if training.trial.index == winner.index)
+    return _adopted(artifacts, prefix, replace(chosen, trials=[result.summary() for result in results]))
+
+
+def _adopted(artifacts: Storage, prefix: str, winner: TrainingRecord) -> TrainingRecord:
+    """The winning trial's model and record (with its per-epoch history), copied to the model's own
+    `prefix`; the record now names the copy, whose bytes are the very model the trial trained."""
+    source = trial_key(winner.run_id, winner.model, winner.trial.index)
+    model_bytes = read_verified(artifacts, f"{source}/model.keras", winner.model_sha256)
+    artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
+    record = replace(winner, model_uri=artifacts.uri(f"{prefix}/model.keras"))
+    history = artifacts.read_json(f"{source}/training.json").get("history", {})
+    artifacts.write_json(f"{prefix}/training.json", record.to_dict() | {"history": history})
     return record
 
 
@@ -134,7 +253,12 @@ class _Start:
         return cls(None, None, f"cold start: warm start {why}")
 
 
-def _initialisation(model_name: str, train_config: TrainConfig, settings: PipelineSettings) -> _Start:
+def _initialisation(
+    model_name: str,
+    train_config: TrainConfig,
+    settings: PipelineSettings,
+    model_settings: dict[str, Any] | None = None,
+) -> _Start:
     """The champion's weights when it is the same architecture as `model_name`; else a cold start
     that says why (in the task log and the training record)."""
     from mnist_pipeline.training.model_io import load_model_bytes
@@ -152,7 +276,7 @@ def _initialisation(model_name: str, train_config: TrainConfig, settings: Pipeli
         return _Start.cold(why)
     ref = VersionRef(champion.model, champion.version)
     weights = load_model_bytes(registry.verified_file(ref, "model.keras")).get_weights()
-    mismatch = weights_mismatch(model_name, replace(train_config, warm_start=True), weights)
+    mismatch = weights_mismatch(model_name, replace(train_config, warm_start=True), weights, model_settings)
     if mismatch:
         log.warning("%s: warm start impossible: the champion %s does not fit: %s", model_name, ref, mismatch)
         return _Start.cold(f"impossible: the champion {ref} does not fit ({mismatch})")
@@ -198,8 +322,10 @@ def evaluate(training: TrainingRecord, settings: PipelineSettings) -> Evaluation
         new_data_accuracy=metrics.get("new_data", {}).get("accuracy"),
         new_data_hash=new_data_hash,
         metrics_uri=artifacts.uri(f"{prefix}/metrics.json"),
+        trial=training.trial.summary() if training.trial else None,  # the sweep's winner, if any
     )
     artifacts.write_json(f"{prefix}/evaluation.json", record.to_dict())
+    lineage.evaluated(record, artifacts)
     return record
 
 
@@ -237,3 +363,20 @@ def load_verified_model(storage: Storage, key: str, expected_sha256: str) -> Any
     from mnist_pipeline.training.model_io import load_model_bytes
 
     return load_model_bytes(read_verified(storage, key, expected_sha256))
+
+
+def release(
+    outcome: PromotionOutcome, answer: ApprovalAnswer | None, settings: PipelineSettings, run_id: str
+) -> Release | None:
+    """What the `mnist_champion` asset announces: the version the gate made champion, or the
+    candidate a person approved (the champion moves now, by compare-and-swap). None: nothing moved."""
+    registry = ModelRegistry(open_storage(settings.registry_uri))
+    return released(registry, outcome, answer, run_id)
+
+
+def decline(
+    outcome: PromotionOutcome, answer: ApprovalAnswer, settings: PipelineSettings, run_id: str
+) -> HistoryEvent:
+    """A person rejected the run's candidate, or nobody answered in time: the champion stays."""
+    registry = ModelRegistry(open_storage(settings.registry_uri))
+    return decline_candidate(registry, outcome, answer, run_id)

@@ -241,7 +241,8 @@ def task_page(address: str, run_id: str, task_id: str) -> str:
 
 def assert_quiet_training_log(page: Any, address: str, run_id: str) -> None:
     """The epoch lines are there; TensorFlow's start-up notices (and any error line) are not."""
-    page.goto(task_page(address, run_id, "linear.train"))
+    # `train` is mapped over the model's trials: one instance without a sweep, map index 0.
+    page.goto(task_page(address, run_id, "linear.train") + "/mapped/0")
     page.get_by_text("epoch 1/1").first.wait_for()
     log = page.locator("main, body").first.inner_text()
     for notice in ("cpu_feature_guard", "absl::InitializeLog", "oneDNN", "ERROR"):

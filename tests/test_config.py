@@ -41,6 +41,7 @@ def test_empty_variables_keep_the_defaults() -> None:
         ("MNIST_TRAIN_POOL", "gpu pool"),
         ("MNIST_WORKER_NAME", "a/b"),
         ("MNIST_SCHEDULE", "   "),
+        ("MNIST_APPROVAL", "maybe"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_variable_named(variable: str, value: str) -> None:

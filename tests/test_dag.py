@@ -35,12 +35,51 @@ def test_dags_import_without_errors(dagbag) -> None:
 
 def test_dag_has_no_cycles_and_the_designed_shape(dag) -> None:
     dag.check_cycle()
-    assert set(dag.task_group.children) == {"ingest", *MODEL_NAMES, "promote"}
+    assert set(dag.task_group.children) == {"ingest", *MODEL_NAMES, "promote", "approval", "release"}
     for model in MODEL_NAMES:
         train, evaluate = dag.get_task(f"{model}.train"), dag.get_task(f"{model}.evaluate")
-        assert train.upstream_task_ids == {"ingest"}
-        assert evaluate.upstream_task_ids == {f"{model}.train"}
+        assert dag.get_task(f"{model}.trials").upstream_task_ids == {"ingest"}
+        assert train.upstream_task_ids == {"ingest", f"{model}.trials"}  # mapped over the trials
+        assert dag.get_task(f"{model}.select").upstream_task_ids == {f"{model}.train"}
+        assert evaluate.upstream_task_ids == {f"{model}.select"}  # only the winning trial
     assert dag.get_task("promote").upstream_task_ids == {f"{model}.evaluate" for model in MODEL_NAMES}
+    assert dag.get_task("approval").upstream_task_ids == {"promote"}
+    assert dag.get_task("release").upstream_task_ids == {"approval"}
+
+
+def test_only_release_announces_the_champion_and_runs_when_approval_was_skipped(dag) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME
+
+    with_outlets = {task.task_id: [a.name for a in task.outlets] for task in dag.tasks if task.outlets}
+    assert with_outlets == {"release": [CHAMPION_ASSET_NAME]}
+    assert dag.get_task("release").trigger_rule == "none_failed"  # a skipped approval (none asked)
+    approval = dag.get_task("approval")
+    assert isinstance(approval, ApprovalOperator) and approval.defaults == [ApprovalOperator.REJECT]
+
+
+def test_the_form_offers_approval_with_a_positive_timeout(dag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    assert dag.params["approval"] == "none" and dag.params["approval_timeout_hours"] == 24
+    for name in ("approval", "approval_timeout_hours"):
+        assert dag.params.get_param(name).schema["section"] == "Promotion"
+    for name, bad in (("approval", "maybe"), ("approval_timeout_hours", 0)):
+        with pytest.raises(ParamValidationError):
+            copy.deepcopy(dag.params).update({name: bad})
+
+
+def test_the_approval_default_comes_from_mnist_approval() -> None:
+    assert parse_in_subprocess("dag.params['approval']", MNIST_APPROVAL="required") == "required"
+
+
+def test_the_serving_export_dag_is_scheduled_on_the_champion_asset(dagbag) -> None:
+    from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME
+
+    export = dagbag.dags["mnist_serving_export"]
+    assert [asset.name for asset in export.timetable.asset_condition.objects] == [CHAMPION_ASSET_NAME]
+    assert [task.task_id for task in export.tasks] == ["export"]
 
 
 def test_the_trigger_form_offers_exactly_the_models_the_dag_trains(dag) -> None:
@@ -67,14 +106,15 @@ def test_an_untouched_trigger_form_starts_a_valid_run_and_every_task_retries(dag
     assert dag.catchup is False and dag.max_active_runs == 1
 
 
-def test_parsing_the_dag_file_does_not_import_tensorflow() -> None:
+@pytest.mark.parametrize("dag_file", ["mnist_training.py", "mnist_serving_export.py"])
+def test_parsing_the_dag_file_does_not_import_tensorflow(dag_file: str) -> None:
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
         "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules); "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "dags" / "mnist_training.py")],
+        [sys.executable, "-c", code, str(REPO / "dags" / dag_file)],
         capture_output=True,
         text=True,
         env=os.environ.copy(),

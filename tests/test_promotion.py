@@ -131,6 +131,24 @@ def test_rerunning_the_same_task_is_a_no_op(trained, settings, registry) -> None
 
 
 @pytest.mark.slow
+def test_with_approval_required_the_version_waits_as_the_candidate(trained, settings, registry) -> None:
+    from mnist_pipeline.registry.aliases import CANDIDATE, read_alias
+
+    run_promotion(trained, settings, "run-good")
+    champion = registry.champion()
+    outcome = run_promotion(trained, settings, "run-weak", force=True, approval=True)
+    assert outcome.awaiting_approval and not outcome.promoted and registry.champion() == champion
+    assert VersionRef(outcome.model, str(outcome.version)) in registry.versions()  # published
+    candidate = read_alias(registry, CANDIDATE)
+    assert candidate is not None and (candidate.run_id, candidate.version) == ("run-weak", outcome.version)
+    assert list_events(registry.storage)[-1].approval == "pending"
+    keys = registry.storage.list_keys("mnist/")
+    again = run_promotion(trained, settings, "run-weak", force=True, approval=True)  # a retried task
+    assert again.noop and again.awaiting_approval and again.version == outcome.version
+    assert registry.storage.list_keys("mnist/") == keys  # nothing new, not even a history event
+
+
+@pytest.mark.slow
 def test_a_failed_serving_check_blocks_promotion(trained, settings, registry, tmp_path: Path) -> None:
     from mnist_pipeline.training.architectures import build_model
     from mnist_pipeline.training.model_io import export_saved_model

@@ -17,6 +17,7 @@ import pytest
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.evaluation.reports import FIGURE_SIZES
+from mnist_pipeline.registry.aliases import set_alias
 from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig, SliceVerdict, Verdict
 from mnist_pipeline.registry.history import record_event
 from mnist_pipeline.registry.promotion import PromotionOptions, promote
@@ -368,6 +369,21 @@ def test_model_names_are_escaped_in_the_chart(page_of, tmp_path: Path) -> None:
     chart = chart_of(html)
     assert 'data-model="&lt;script&gt;alert(1)&lt;/script&gt;"' in chart
     assert ">&lt;script&gt;alert(1)&lt;/script&gt;</text>" in chart  # its legend entry
+
+
+def test_the_overview_lists_every_alias_above_the_versions(page_of, tmp_path: Path) -> None:
+    registry = three_decisions(tmp_path)
+    set_alias(registry, "staging", LINEAR, "test:alice", "smoke tests")
+    html = page_of(registry, "/")
+    assert html.index('<table id="aliases">') < html.index('<table id="versions">')
+    table = html.split('<table id="aliases">')[1].split("</table>")[0]
+    assert re.findall(r'<tr data-alias="([^"]+)">', table) == ["champion", "staging"]
+    assert f'<a href="{URL_PREFIX}/versions/{LINEAR}">linear / {LINEAR.version}</a>' in table
+    assert "test:alice: smoke tests" in table
+    linear = re.search(rf'<tr class="" data-version="{LINEAR}">.*?</tr>', html, re.S)
+    assert linear and '<span class="badge alias">staging</span>' in linear.group(0)
+    champion = re.search(r'<tr class="champion" data-version="([^"]+)"', html)
+    assert champion and champion.group(1) == str(DNN)
 
 
 def test_a_version_page_compares_it_with_the_champion(page_of, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
     mnist-pipeline ingest | train MODEL | evaluate MODEL | promote | summary
     mnist-pipeline registry list | show [MODEL/VERSION] | history [--limit N] [--since TIME]
     mnist-pipeline registry promote MODEL/VERSION --reason TEXT | rollback | reindex
+    mnist-pipeline registry alias set ALIAS MODEL/VERSION --reason TEXT | list
+                                  | history ALIAS [--limit N] | clear ALIAS --reason TEXT | rollback ALIAS
 
 Steps of one run share `--run-id` (default `cli`). Bad input exits with status 2 and the error.
 """
@@ -15,11 +17,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.errors import MnistPipelineError
 from mnist_pipeline.training.architectures import MODEL_NAMES
+
+if TYPE_CHECKING:  # the registry is imported when a registry command runs, not at every start
+    from mnist_pipeline.registry.store import ModelRegistry
 
 __all__ = ["main"]
 
@@ -67,6 +72,23 @@ def _registry_parser(registry: argparse.ArgumentParser) -> None:
     promote.add_argument("--reason", required=True)
     actions.add_parser("rollback", help="point back at the previous champion")
     actions.add_parser("reindex", help="rebuild the registry's indexes from its versions and history")
+    _alias_parser(actions.add_parser("alias", help="named pointers at versions: champion, candidate, ..."))
+
+
+def _alias_parser(alias: argparse.ArgumentParser) -> None:
+    commands = alias.add_subparsers(dest="alias_action", required=True)
+    point = commands.add_parser("set", help="point an alias at a version (champion: a manual promotion)")
+    point.add_argument("alias")
+    point.add_argument("ref", metavar="MODEL/VERSION")
+    point.add_argument("--reason", required=True)
+    commands.add_parser("list", help="every alias set now, the champion first")
+    history = commands.add_parser("history", help="an alias's moves, newest first")
+    history.add_argument("alias")
+    history.add_argument("--limit", type=_positive, default=50, help="events to show (default 50)")
+    clear = commands.add_parser("clear", help="unset an alias (never the champion)")
+    clear.add_argument("alias")
+    clear.add_argument("--reason", required=True)
+    commands.add_parser("rollback", help="point an alias back at its previous target").add_argument("alias")
 
 
 def _positive(text: str) -> int:
@@ -151,7 +173,29 @@ def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> st
         return _json(rebuild_index(registry.storage))
     if args.action == "promote":
         return _json(operations.promote_version(registry, parse_ref(args.ref), args.reason, _who()).to_dict())
+    if args.action == "alias":
+        return _alias_action(args, registry)
     return _json(operations.rollback(registry, _who()).to_dict())
+
+
+def _alias_action(args: argparse.Namespace, registry: ModelRegistry) -> str:
+    from mnist_pipeline.cli import render
+    from mnist_pipeline.registry import aliases
+    from mnist_pipeline.registry.store import parse_ref
+
+    if args.alias_action == "list":
+        return render.render_aliases(aliases.list_aliases(registry))
+    if args.alias_action == "history":
+        return render.render_alias_history(
+            args.alias, aliases.alias_history(registry, args.alias, args.limit)
+        )
+    if args.alias_action == "set":
+        event = aliases.set_alias(registry, args.alias, parse_ref(args.ref), _who(), args.reason)
+    elif args.alias_action == "clear":
+        event = aliases.clear_alias(registry, args.alias, _who(), args.reason)
+    else:
+        event = aliases.rollback_alias(registry, args.alias, _who())
+    return render.render_alias_move(args.alias, event)
 
 
 def _who() -> str:

@@ -1,5 +1,5 @@
 """Human-readable results for the terminal: the newest run's models side by side, the champion,
-the registry's versions and its history."""
+the registry's versions, its history and its aliases."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError, StorageError
 from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page
 from mnist_pipeline.registry.index import read_versions
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
 from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.storage import Storage, open_storage
 
-__all__ = ["latest_promotion", "render_history", "render_summary", "render_versions", "version_details"]
+__all__ = [
+    "latest_promotion",
+    "render_alias_history",
+    "render_alias_move",
+    "render_aliases",
+    "render_history",
+    "render_summary",
+    "render_versions",
+    "version_details",
+]
 
 
 def latest_promotion(artifacts: Storage) -> dict[str, Any]:
@@ -83,3 +93,43 @@ def render_history(
     if page.older:
         lines.append(f"(older events: --before {page.older})")
     return "\n".join(lines) or "no history yet"
+
+
+def render_aliases(aliases: dict[str, ChampionPointer]) -> str:
+    """One line per alias set now: its target, since when, who set it and why."""
+    lines = [f"{'alias':<16} {'model/version':<36} {'set at':<27} by: reason"]
+    for alias, pointer in aliases.items():
+        target = f"{pointer.model}/{pointer.version}"
+        lines.append(
+            f"{alias:<16} {target:<36} {pointer.moved_at:<27} {pointer.mover or '?'}: {pointer.verdict}"
+        )
+    return "\n".join(lines) if len(lines) > 1 else "no aliases set"
+
+
+def render_alias_history(alias: str, events: list[HistoryEvent]) -> str:
+    """An alias's moves, newest first: what it pointed at before and after, who moved it and why."""
+    lines = [f"{'time (UTC)':<19}  {'kind':<16} {'model/version':<36} {'was':<36} by: reason"]
+    for event in events:
+        target = f"{event.model}/{event.version or '-'}"
+        lines.append(
+            f"{event.time[:19]:<19}  {event.kind:<16} {target:<36} {_was(event):<36}"
+            f" {event.trigger or '?'}: {event.verdict.reason}"
+        )
+    return "\n".join(lines) if len(lines) > 1 else f"alias {alias!r} has no history yet"
+
+
+def render_alias_move(alias: str, event: HistoryEvent | None) -> str:
+    """What one `alias set | clear | rollback` did."""
+    if event is None:
+        return f"alias {alias!r} was not set: nothing to clear"
+    if event.kind == "alias-cleared":
+        return f"alias {alias!r} cleared (was {_was(event)}) by {event.trigger}: {event.verdict.reason}"
+    return (
+        f"alias {alias!r} -> {event.model}/{event.version} (was {_was(event)}) by {event.trigger}"
+        f" [{event.kind}]: {event.verdict.reason}"
+    )
+
+
+def _was(event: HistoryEvent) -> str:
+    before = event.previous_champion
+    return f"{before.model}/{before.version}" if before else "-"

@@ -18,7 +18,7 @@ from mnist_pipeline.errors import DataError
 from mnist_pipeline.records import Record
 from mnist_pipeline.storage import Storage
 
-__all__ = ["SnapshotInfo", "read_manifest", "read_snapshot", "write_snapshot"]
+__all__ = ["SnapshotInfo", "read_manifest", "read_snapshot", "snapshot_uri", "write_snapshot"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class SnapshotInfo(Record):
 
 def _key(data_hash: str) -> str:
     return f"datasets/{data_hash}/mnist.npz"
+
+
+def snapshot_uri(storage: Storage, data_hash: str) -> str:
+    """Where the snapshot named `data_hash` lives: what a record that keeps only the hash points at."""
+    return storage.uri(_key(data_hash))
 
 
 def write_snapshot(

@@ -45,6 +45,7 @@ def render_model_card(
         "## Intended use\n\n" + _INTENDED_USE,
         "## Data\n\n" + _data_section(metadata, metrics),
         "## Metrics (fixed MNIST test set)\n\n" + _metrics_section(metrics),
+        *_trials_section(training),
         "## Gate verdict\n\n" + _verdict_section(verdict),
         "## Limitations\n\n" + _LIMITATIONS,
         "## Lineage\n\n" + _lineage_section(metadata, training),
@@ -71,6 +72,39 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     if "new_data" in metrics:
         lines.append(f"- accuracy on held-out newly landed data: {metrics['new_data']['accuracy']:.4f}")
     return "\n".join(lines) + "\n\n" + per_class_markdown(metrics["per_class"]).rstrip()
+
+
+def _trials_section(training: dict[str, Any]) -> list[str]:
+    """A sweep's trials, when there was more than one: the winner was chosen on validation only."""
+    trials = training.get("trials") or []
+    if len(trials) < 2:
+        return []
+    winner = (training.get("trial") or {}).get("index")
+    rows = [
+        "| trial | settings | validation accuracy | validation loss | epochs | seconds | worker |",
+        "|---|---|---|---|---|---|---|",
+        *(_trial_row(trial, trial["index"] == winner) for trial in trials),
+    ]
+    intro = (
+        f"{len(trials)} trials of this model's settings; the one in bold won on the validation split "
+        "(accuracy, then loss) and is this version. The test set played no part in the choice."
+    )
+    return ["## Trials\n\n" + intro + "\n\n" + "\n".join(rows)]
+
+
+def _trial_row(trial: dict[str, Any], won: bool) -> str:
+    settings = ", ".join(f"{name}={value}" for name, value in trial["settings"].items()) or "defaults"
+    cells = [
+        str(trial["index"]),
+        settings,
+        f"{trial['val_accuracy']:.4f}",
+        f"{trial['val_loss']:.4f}",
+        str(trial["epochs_run"]),
+        f"{trial['train_seconds']:.1f}",
+        trial["worker"],
+    ]
+    cells = [f"**{cell}**" for cell in cells] if won else cells
+    return "| " + " | ".join(cells) + " |"
 
 
 def _verdict_section(verdict: dict[str, Any] | None) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from mnist_pipeline.records import Record
+from mnist_pipeline.trials import TrialSummary
 
 __all__ = ["EvaluationRecord"]
 
@@ -24,6 +26,13 @@ class EvaluationRecord(Record):
     train_seconds: float
     new_data_accuracy: float | None = None  # on the held-out part of newly landed shards
     new_data_hash: str | None = None  # that slice's hash; None while no new data has landed
+    trial: TrialSummary | None = None  # the sweep's trial that won on validation (None: no sweep)
+    trials: list[TrialSummary] = field(default_factory=list)  # every trial of the model's sweep
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON; outside a sweep without the sweep's fields, exactly as before sweeps existed."""
+        payload = super().to_dict()
+        return {key: value for key, value in payload.items() if value or key not in ("trial", "trials")}
 
     @property
     def rank(self) -> tuple[float, float]:

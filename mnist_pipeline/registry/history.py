@@ -38,6 +38,7 @@ __all__ = [
     "record_event",
     "since_name",
     "stamp",
+    "write_event",
 ]
 
 DEFAULT_PAGE_SIZE = 50
@@ -57,21 +58,29 @@ def stamp(event: HistoryEvent) -> HistoryEvent:
     return replace(event, time=datetime.now(UTC).strftime(_TIME_FORMAT))
 
 
-def event_key(event: HistoryEvent) -> str:
-    """A new key for a stamped event: its time first, so that keys sort as events happened."""
-    return f"{HISTORY_PREFIX}{_compact(event.time)}-{uuid.uuid4().hex[:8]}.json"
+def event_key(event: HistoryEvent, prefix: str = HISTORY_PREFIX) -> str:
+    """A new key under `prefix` for a stamped event: its time first, so that keys sort as events
+    happened."""
+    return f"{prefix}{_compact(event.time)}-{uuid.uuid4().hex[:8]}.json"
 
 
 def record_event(storage: Storage, event: HistoryEvent) -> HistoryEvent:
     """Append `event` (stamped with its time) as a new object, then index it; an existing object is
     never replaced."""
+    key, stamped = write_event(storage, event, HISTORY_PREFIX)
+    index_event(storage, key, stamped)
+    return stamped
+
+
+def write_event(storage: Storage, event: HistoryEvent, prefix: str) -> tuple[str, HistoryEvent]:
+    """Write `event`, stamped with its time, as a new object under `prefix` (no index); returns its
+    key and the stamped event. An existing object is never replaced."""
     stamped = stamp(event)
-    key = event_key(stamped)
+    key = event_key(stamped, prefix)
     payload = json.dumps(stamped.to_dict(), indent=2, sort_keys=True).encode()
     if not storage.write_if_generation(key, payload, "0"):
         raise RegistryError(f"history event {storage.uri(key)} already exists; refusing to overwrite it")
-    index_event(storage, key, stamped)
-    return stamped
+    return key, stamped
 
 
 def list_events(storage: Storage) -> list[HistoryEvent]:

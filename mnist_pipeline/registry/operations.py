@@ -6,6 +6,7 @@ Both move `champion.json` by compare-and-swap and leave an event in the history,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.registry.gate import Verdict
@@ -17,23 +18,38 @@ from mnist_pipeline.runs import utc_now
 __all__ = ["promote_version", "rollback"]
 
 
-def promote_version(registry: ModelRegistry, ref: VersionRef, reason: str, who: str) -> HistoryEvent:
-    """Make `ref` the champion, bypassing the gate; its files must still match their hashes."""
+def promote_version(
+    registry: ModelRegistry,
+    ref: VersionRef,
+    reason: str,
+    who: str,
+    *,
+    run_id: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> HistoryEvent:
+    """Make `ref` the champion, bypassing the gate; its files must still match their hashes.
+    `run_id`: the run that asked for it, if any; `metrics`: the figures the pointer quotes (by
+    default the version's test accuracy and loss)."""
     if not reason.strip():
         raise RegistryError("a manual promotion needs a --reason")
     registry.verified_file(ref, "model.keras")  # unknown or tampered versions stop here
-    metrics = json.loads(registry.verified_file(ref, "metrics.json"))
+    measured = json.loads(registry.verified_file(ref, "metrics.json"))
+    if metrics is None:
+        metrics = {"accuracy": measured["accuracy"], "loss": measured["loss"]}
     pointer = ChampionPointer.for_version(
-        VersionSummary(ref.model, ref.version, {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}),
+        VersionSummary(ref.model, ref.version, metrics),
         registry.uri(ref),
         utc_now(),
         f"manual promotion: {reason}",
         forced=True,
-        test_hash=metrics.get("test_hash"),
+        run_id=run_id,
+        test_hash=measured.get("test_hash"),
         data_hash=registry.metadata(ref).get("data_hash"),
+        set_by=who,
     )
     previous = registry.move_champion(lambda current: (pointer.succeeding(current), current))
-    return record_event(registry.storage, _event("manual-promotion", pointer, previous, who, reason))
+    event = _event("manual-promotion", pointer, previous, who, reason)
+    return record_event(registry.storage, replace(event, run_id=run_id))
 
 
 def rollback(registry: ModelRegistry, who: str) -> HistoryEvent:

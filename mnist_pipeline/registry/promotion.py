@@ -9,6 +9,10 @@ Order of work, so that no reader ever sees a half-written registry:
 4. move `champion.json` by compare-and-swap; a lost race re-reads the champion and re-gates;
 5. record the decision in the append-only history, promoted or not.
 A retried task whose run already promoted finds its history event and does nothing.
+
+When a person must approve (`PromotionOptions.approval`), step 4 is left to them: the published
+version becomes the alias `candidate`, the decision is recorded as `pending`, and `approval`
+moves the champion once they approve.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from mnist_pipeline.evaluation.metrics import labels_from_npy, labels_npy
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.serving import ServingCheckError
 from mnist_pipeline.records import Record
+from mnist_pipeline.registry.aliases import CANDIDATE, read_alias, set_alias
 from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig, Slice, Verdict, judge
 from mnist_pipeline.registry.history import find_promotion, record_event, stamp
 from mnist_pipeline.registry.publication import publish_challenger
@@ -35,11 +40,19 @@ from mnist_pipeline.registry.store import ModelRegistry, VersionRef
 from mnist_pipeline.runs import model_key, run_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 
-__all__ = ["NEW_DATA_PREDICTIONS", "PromotionOptions", "PromotionOutcome", "pick_challenger", "promote"]
+__all__ = [
+    "APPROVAL_PENDING",
+    "NEW_DATA_PREDICTIONS",
+    "PromotionOptions",
+    "PromotionOutcome",
+    "pick_challenger",
+    "promote",
+]
 
 log = logging.getLogger(__name__)
 NEW_DATA_PREDICTIONS = "new_data_predictions.npy"  # beside predictions.npy in the run's model folder
 PREDICTION_CACHE = "prediction-cache"  # <artifacts>/prediction-cache/<model>/<version>/<slice>-<hash>.npy
+APPROVAL_PENDING = "pending"  # a history event's `approval` while the candidate waits for a person
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class PromotionOptions:
     dry_run: bool = False  # decide and report, write nothing to the registry
     trigger: str = "manual"  # who or what started the run: scheduled, manual, asset_triggered, cli...
     run_conf: dict[str, Any] = field(default_factory=dict)  # the run's parameters, for lineage
+    approval: bool = False  # a person approves the move: publish it as the candidate, move nothing
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,11 @@ class PromotionOutcome(Record):
     metrics: dict[str, float] | None = None
     previous_champion: VersionSummary | None = None
     noop: bool = False  # a retried task found its run's promotion already done
+    approval: str | None = None  # pending: published as the candidate, waiting for a person
+
+    @property
+    def awaiting_approval(self) -> bool:
+        return self.approval == APPROVAL_PENDING and self.version is not None
 
     @classmethod
     def of(cls, event: HistoryEvent, noop: bool = False) -> PromotionOutcome:
@@ -97,15 +116,19 @@ def promote(
     options = options or PromotionOptions()
     challenger = pick_challenger(evaluations)
     registry = ModelRegistry(open_storage(settings.registry_uri))
+    artifacts = open_storage(settings.artifacts_uri)
     done = find_promotion(registry.storage, run_id, challenger.model)
+    if done is None and options.approval:
+        done = _pending_candidate(registry, artifacts, run_id, challenger.model)
     if done is not None and not options.dry_run:
         log.info("run %s already promoted %s/%s: nothing to do", run_id, done.model, done.version)
         return PromotionOutcome.of(done, noop=True)
-    artifacts = open_storage(settings.artifacts_uri)
     data = read_snapshot(artifacts, challenger.data_hash)
     ctx = _Context(registry, artifacts, challenger, data, run_id, options)
     event = registry.move_champion(lambda champion: _gate(ctx, champion))
     event = stamp(event) if options.dry_run else record_event(registry.storage, event)
+    if event.approval == APPROVAL_PENDING:
+        _name_candidate(registry, event)
     candidates = [evaluation.to_dict() for evaluation in sorted(evaluations, key=lambda e: -e.accuracy)]
     artifacts.write_json(f"{run_key(run_id)}/promotion.json", event.to_dict() | {"candidates": candidates})
     log.info("promotion of %s: %s", challenger.model, event.verdict.reason)
@@ -126,6 +149,8 @@ def _gate(ctx: _Context, champion: ChampionPointer | None) -> tuple[ChampionPoin
         blocked = replace(verdict, blocked=str(exc))
         record_event(ctx.registry.storage, _event(ctx, blocked, champion, promoted=False))
         raise
+    if ctx.options.approval:  # a person moves the champion, once they approve (`approval`)
+        return None, _event(ctx, verdict, champion, False, published.version, APPROVAL_PENDING)
     pointer = ChampionPointer.for_version(
         VersionSummary(published.model, published.version, _headline(ctx.challenger)),
         ctx.registry.uri(published),
@@ -184,6 +209,7 @@ def _event(
     champion: ChampionPointer | None,
     promoted: bool,
     version: str | None = None,
+    approval: str | None = None,
 ) -> HistoryEvent:
     return HistoryEvent(
         kind="gate",
@@ -197,7 +223,29 @@ def _event(
         forced=verdict.forced and promoted,
         dry_run=ctx.options.dry_run,
         previous_champion=champion.summary() if champion else None,
+        approval=approval,
     )
+
+
+def _name_candidate(registry: ModelRegistry, event: HistoryEvent) -> None:
+    """Point the alias `candidate` at the version waiting for approval."""
+    ref = VersionRef(event.model, str(event.version))
+    who, reason = f"gate of run {event.run_id}", f"awaiting approval: {event.verdict.reason}"
+    set_alias(registry, CANDIDATE, ref, who, reason, run_id=event.run_id, metrics=event.metrics)
+
+
+def _pending_candidate(
+    registry: ModelRegistry, artifacts: Storage, run_id: str, model: str
+) -> HistoryEvent | None:
+    """The run's decision when it already named its version the candidate (a retried task)."""
+    candidate = read_alias(registry, CANDIDATE)
+    key = f"{run_key(run_id)}/promotion.json"
+    ours = candidate is not None and (candidate.run_id, candidate.model) == (run_id, model)
+    if candidate is None or not ours or not artifacts.exists(key):
+        return None
+    event = HistoryEvent.from_dict(artifacts.read_json(key), artifacts.uri(key))
+    pending = event.approval == APPROVAL_PENDING and event.version == candidate.version
+    return event if pending else None
 
 
 def _headline(evaluation: EvaluationRecord) -> dict[str, float]:

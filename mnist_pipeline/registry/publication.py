@@ -120,6 +120,17 @@ def _metadata(training: TrainingRecord, artifacts: Storage) -> dict[str, Any]:
             "precision": training.precision,
         },
         "library_versions": _library_versions(),
+    } | _sweep_metadata(training)
+
+
+def _sweep_metadata(training: TrainingRecord) -> dict[str, Any]:
+    """A sweep's winner: which trial it was and the table of every trial it won among (on the
+    validation split); nothing outside a sweep."""
+    if not training.trials:
+        return {}
+    return {
+        "winning_trial": training.trial.index if training.trial else None,
+        "trials": [row.to_dict() for row in training.trials],
     }
 
 

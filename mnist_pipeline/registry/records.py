@@ -1,6 +1,7 @@
-"""The registry's typed records: the champion pointer and the history event.
+"""The registry's typed records: the champion (or alias) pointer and the history event.
 
-Both are stored as JSON (`mnist/champion.json`, `mnist/history/*.json`) and built only here:
+Both are stored as JSON (`mnist/champion.json` and `mnist/aliases/*.json`, `mnist/history/*.json`
+and `mnist/alias-history/*/*.json`) and built only here:
 `ChampionPointer.for_version` and `HistoryEvent` itself. Reading either back goes through
 `from_dict`, which names the object and the field when a stored object is malformed.
 """
@@ -28,7 +29,8 @@ class VersionSummary(Record):
 
 @dataclass(frozen=True)
 class ChampionPointer(Record):
-    """`mnist/champion.json`: the version that serves, why, and the champions before it."""
+    """`mnist/champion.json`: the version that serves, why, and the champions before it. Every other
+    alias (`registry.aliases`) is a pointer of this type too, its reason in `verdict`."""
 
     model: str
     version: str
@@ -41,6 +43,7 @@ class ChampionPointer(Record):
     test_hash: str | None = None  # the test set the metrics were measured on
     data_hash: str | None = None
     restored_at: str | None = None  # set when a rollback brought this pointer back
+    set_by: str | None = None  # who moved it by hand (cli:<user>); the gate's pointers name their run
     previous: ChampionPointer | None = None
 
     @classmethod
@@ -55,6 +58,7 @@ class ChampionPointer(Record):
         run_id: str | None = None,
         test_hash: str | None = None,
         data_hash: str | None = None,
+        set_by: str | None = None,
     ) -> ChampionPointer:
         """A pointer at a published version, as a gate decision or a person makes one."""
         return cls(
@@ -68,10 +72,21 @@ class ChampionPointer(Record):
             run_id=run_id,
             test_hash=test_hash,
             data_hash=data_hash,
+            set_by=set_by,
         )
 
     def summary(self) -> VersionSummary:
         return VersionSummary(self.model, self.version, dict(self.metrics))
+
+    @property
+    def moved_at(self) -> str:
+        """When it last came to point where it points: set, or brought back by a rollback."""
+        return self.restored_at or self.promoted_at
+
+    @property
+    def mover(self) -> str | None:
+        """Who set it: a person's name, else the run whose gate decision did."""
+        return self.set_by or (f"run {self.run_id}" if self.run_id else None)
 
     def is_version(self, model: str, version: str) -> bool:
         return (self.model, self.version) == (model, version)
@@ -93,9 +108,10 @@ def _trimmed(pointer: ChampionPointer | None, depth: int) -> ChampionPointer | N
 
 @dataclass(frozen=True)
 class HistoryEvent(Record):
-    """One gate decision, manual promotion or rollback, as `mnist/history/` keeps it for good."""
+    """One gate decision, manual promotion or rollback, as `mnist/history/` keeps it for good; or
+    one move of another alias, as `mnist/alias-history/<alias>/` keeps it."""
 
-    kind: str  # gate, manual-promotion, rollback
+    kind: str  # gate, manual-promotion, rollback, approval; alias-set, alias-cleared, alias-rollback
     model: str
     verdict: Verdict
     promoted: bool
@@ -107,6 +123,11 @@ class HistoryEvent(Record):
     dry_run: bool = False
     previous_champion: VersionSummary | None = None
     time: str = ""  # UTC, to the microsecond; set when the event is recorded
+    alias: str | None = None  # the alias it moved; None: the champion (every event before aliases)
+    # A person's sign-off (`approval`): pending (the gate allowed, the version is the candidate),
+    # approved, rejected or timed-out; None where none was asked for.
+    approval: str | None = None
+    approver: str | None = None  # who answered (the Airflow user); None: nobody, before the timeout
 
     @property
     def reason(self) -> str:

@@ -1,9 +1,10 @@
 """The model registry: published versions and the champion pointer, on any `Storage`.
 
-Layout under the registry root:
+Layout under the registry root (all of it: `layout`):
     mnist/models/<model>/<version>/model.keras, saved_model/..., metrics.json, metadata.json
     mnist/champion.json   -> {model, version, uri, metrics, promoted_at, run_id}
     mnist/index/versions.json   -> every committed version's summary (`index`)
+Other aliases than the champion are moved by `aliases`, with the pointer checks of this module.
 
 `metadata.json` is written last and lists the sha256 of every other file: a version without it is
 incomplete and never listed, so readers never see a half-published version.
@@ -138,17 +139,21 @@ class ModelRegistry:
         """The champion pointer stored as `data` (None: no champion yet); malformed: `RegistryError`."""
         if data is None:
             return None
-        try:
-            payload = json.loads(data)
-        except ValueError as exc:
-            raise RegistryError(f"{self.storage.uri(CHAMPION_KEY)} is not valid JSON ({exc})") from None
-        return ChampionPointer.from_dict(payload, self.storage.uri(CHAMPION_KEY))
+        return ChampionPointer.from_dict(self.parse_json(CHAMPION_KEY, data), self.storage.uri(CHAMPION_KEY))
 
-    def champion_payload(self, pointer: ChampionPointer) -> bytes:
-        """`pointer` as the bytes of `champion.json`; it must point at a completely published version."""
+    def parse_json(self, key: str, data: bytes) -> Any:
+        """A pointer object's bytes as JSON; bytes that are not JSON: `RegistryError` naming the object."""
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise RegistryError(f"{self.storage.uri(key)} is not valid JSON ({exc})") from None
+
+    def champion_payload(self, pointer: ChampionPointer, role: str = "champion") -> bytes:
+        """`pointer` as the bytes of `champion.json`, or of the pointer of the alias `role` names;
+        it must point at a completely published version."""
         ref = VersionRef(pointer.model, pointer.version)
         if not self.is_published(ref):
-            raise RegistryError(f"cannot make {ref} champion: it is not completely published")
+            raise RegistryError(f"cannot make {ref} {role}: it is not completely published")
         return json.dumps(pointer.to_dict(), indent=2, sort_keys=True).encode()
 
     def move_champion(

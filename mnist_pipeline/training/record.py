@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_pipeline.records import Record
+from mnist_pipeline.trials import TrialResult, TrialSummary
 
 __all__ = ["TrainingRecord"]
 
@@ -33,6 +34,15 @@ class TrainingRecord(Record):
         None  # the champion {model, version, uri} a warm start began from
     )
     initialization: str = "cold start"  # how the weights began, and why (a refused warm start says so)
+    # A trial of a sweep: its settings and validation scores (None outside a sweep).
+    trial: TrialResult | None = None
+    # The winner of a sweep carries every trial of its model, as `select` chose among them.
+    trials: list[TrialSummary] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON; outside a sweep without the sweep's fields, exactly as before sweeps existed."""
+        payload = super().to_dict()
+        return {key: value for key, value in payload.items() if value or key not in ("trial", "trials")}
 
     @property
     def seed(self) -> int:

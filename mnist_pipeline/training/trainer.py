@@ -10,7 +10,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,9 +69,12 @@ def _dtype_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
-    """The model's default config with the run's epochs / batch size / learning rate applied; a
-    warm start takes the model's own short schedule where the run sets none."""
+def resolve_model_config(
+    name: str, train: TrainConfig, model_settings: Mapping[str, Any] | None = None
+) -> ModelConfig:
+    """The model's default config with the run's epochs / batch size / learning rate applied, and
+    a sweep trial's other `model_settings` (dropout, say); a warm start takes the model's own short
+    schedule where the run sets none."""
     if train.warm_start:
         default = get_model_spec(name).config()
         train = replace(
@@ -88,7 +91,7 @@ def resolve_model_config(name: str, train: TrainConfig) -> ModelConfig:
         )
         if value is not None
     }
-    return get_model_spec(name).config(**overrides)
+    return get_model_spec(name).config(**(overrides | dict(model_settings or {})))
 
 
 @dataclass
@@ -117,17 +120,19 @@ def train_model(
     extra_callbacks: list[Any] | None = None,
     checkpoint: ArtifactCheckpoint | None = None,
     initial_weights: list[np.ndarray] | None = None,
+    model_settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones.
 
     With a `checkpoint`, the training state is backed up to it after every epoch and, when it holds
     one from an interrupted attempt, training resumes from there. `initial_weights` (the champion's,
-    for a warm start) replace the random initialisation.
+    for a warm start) replace the random initialisation. `model_settings`: a sweep trial's settings
+    of the model's config beyond those `train_config` holds.
     """
     import keras
 
     train_config = train_config or TrainConfig()
-    model_config = resolve_model_config(name, train_config)
+    model_config = resolve_model_config(name, train_config, model_settings)
     keras.utils.set_random_seed(train_config.seed)
     strategy = make_strategy()
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync

@@ -1,11 +1,13 @@
 """The Model Registry page: a read-only FastAPI app that the Airflow plugin mounts in the api-server.
 
 It shows the champion, a chart of the gate decisions' test accuracy over time (`web.charts`), every
-published version with its metrics and gate verdict, the promotion history a page at a time (newest
-first), and each version's report figures, model card and comparison with the champion, read
-through `ModelRegistry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing
-is cached). Versions and history come from the registry's indexes (`registry.index`), so a page
-costs a handful of storage calls however many versions and events the registry holds.
+alias and the version it points at (`registry.aliases`), every published version with its metrics,
+gate verdict and alias badges, the promotion history a page at a time (newest first), and each
+version's report figures, model card and comparison with the champion, read through
+`ModelRegistry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is
+cached). Versions and history come from the registry's indexes (`registry.index`), aliases from
+one listing and one read each, so a page costs a handful of storage calls however many versions
+and events the registry holds.
 
 Every route sits behind Airflow's own authentication: the dependency Airflow's REST API uses
 (`requires_access_view`), which reads the JWT from the `Authorization` header or the `_token`
@@ -30,6 +32,7 @@ from mnist_pipeline.config import settings
 from mnist_pipeline.errors import MnistPipelineError, RegistryError
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
 from mnist_pipeline.evaluation.reports import REPORT_DIR
+from mnist_pipeline.registry.aliases import CHAMPION, list_aliases
 from mnist_pipeline.registry.gate import Verdict
 from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page, read_event
 from mnist_pipeline.registry.index import VersionEntry, read_versions
@@ -113,19 +116,22 @@ def _candidate_row(row: dict[str, Any]) -> dict[str, Any]:
 def load_overview(
     registry: ModelRegistry, link: Callable[[VersionRef], str], before: str | None = None
 ) -> dict[str, Any]:
-    """Champion, versions (newest first) and a page of history (newest first, older than `before`),
-    as the overview shows them."""
-    champion = registry.champion()  # read first: the version it names is indexed by then
+    """Champion, aliases, versions (newest first) and a page of history (newest first, older than
+    `before`), as the overview shows them."""
+    aliases = list_aliases(registry)  # read first: the versions they name are indexed by then
+    champion = aliases.get(CHAMPION)
     champion_ref = _ref_of(champion)
     expect = (champion_ref.model, champion_ref.version) if champion_ref else None
     entries = read_versions(registry.storage, expect=expect)
     page = history_page(registry.storage, DEFAULT_PAGE_SIZE, before=before, max_shards=_OVERVIEW_SHARDS)
-    rows = [_version_row(entry, champion_ref, link) for entry in entries]
+    badges = _alias_badges(aliases)
+    rows = [_version_row(entry, champion_ref, badges, link) for entry in entries]
     rows.sort(key=lambda row: row["version"], reverse=True)  # version names start with their time
     shown = champion.to_dict() | {"link": link(champion_ref)} if champion and champion_ref else None
     return {
         "registry_uri": registry.storage.root_uri,
         "champion": shown,
+        "aliases": [_alias_row(alias, pointer, link) for alias, pointer in aliases.items()],
         "versions": rows,
         "history": [_history_row(event) for event in page.events],
         "accuracy_chart": accuracy_chart(page.events),  # drawn from the page just read: no storage call
@@ -187,7 +193,10 @@ def _published_metadata(registry: ModelRegistry, ref: VersionRef) -> dict[str, A
 
 
 def _version_row(
-    entry: VersionEntry, champion: VersionRef | None, link: Callable[[VersionRef], str]
+    entry: VersionEntry,
+    champion: VersionRef | None,
+    badges: dict[VersionRef, list[str]],
+    link: Callable[[VersionRef], str],
 ) -> dict[str, Any]:
     ref = VersionRef(entry.model, entry.version)
     return {
@@ -199,7 +208,31 @@ def _version_row(
         # The reason of the decision that promoted it: the gate's, before any manual one.
         "verdict": entry.promoted_by.reason if entry.promoted_by else _NO_VERDICT.reason,
         "is_champion": ref == champion,
+        "aliases": badges.get(ref, []),
         "link": link(ref),
+    }
+
+
+def _alias_badges(aliases: dict[str, ChampionPointer]) -> dict[VersionRef, list[str]]:
+    """The aliases other than the champion (whose badge and row style are its own) by the version
+    they point at."""
+    badges: dict[VersionRef, list[str]] = {}
+    for alias, pointer in aliases.items():
+        if alias != CHAMPION:
+            badges.setdefault(VersionRef(pointer.model, pointer.version), []).append(alias)
+    return badges
+
+
+def _alias_row(alias: str, pointer: ChampionPointer, link: Callable[[VersionRef], str]) -> dict[str, Any]:
+    ref = VersionRef(pointer.model, pointer.version)
+    return {
+        "alias": alias,
+        "model": ref.model,
+        "version": ref.version,
+        "link": link(ref),
+        "set_at": pointer.moved_at,
+        "by": pointer.mover,
+        "reason": pointer.verdict,
     }
 
 

@@ -58,7 +58,11 @@ _TIME_FORMATS = (
     (28 * _DAY, "%Y-%m-%d"),
     (math.inf, "%Y-%m"),
 )
-_CHANGE_KINDS = {"gate": "promoted by the gate", "rollback": "restored by a rollback"}
+_CHANGE_KINDS = {
+    "gate": "promoted by the gate",
+    "approval": "promoted by the gate, approved by a person",
+    "rollback": "restored by a rollback",
+}
 
 
 @dataclass(frozen=True)

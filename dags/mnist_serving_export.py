@@ -1,0 +1,62 @@
+"""
+### MNIST serving export
+
+Runs whenever the champion moves (an event on the `mnist_champion` asset, which `mnist_training`'s
+`release` task emits) and copies the champion's SavedModel to TF Serving's layout:
+`<registry>/serving/mnist/<n>/` (`saved_model.pb` + `variables/`), `n` one more than the highest
+number there, with `<n>.json` beside it naming the registry version. A TF Serving instance with
+`--model_base_path=<registry>/serving/mnist` picks up each new champion.
+
+The version comes from the triggering event's extra (the newest, when several were merged into one
+run), or the current champion for a run started by hand. Every file is checked against the sha256
+the registry recorded before anything is written; a version already exported as the newest number
+writes nothing; a version no longer champion is not exported (the task is skipped, saying why).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Asset, get_current_context, task
+
+from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME
+
+CHAMPION = Asset(CHAMPION_ASSET_NAME)
+
+
+@task
+def export() -> dict:
+    """Export the released version (or the current champion) for TF Serving."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from mnist_pipeline.config import settings
+    from mnist_pipeline.errors import RegistryError
+    from mnist_pipeline.registry.release import release_from_extras
+    from mnist_pipeline.registry.serving_export import export_release
+    from mnist_pipeline.registry.store import ModelRegistry
+    from mnist_pipeline.storage import open_storage
+
+    events = get_current_context()["triggering_asset_events"].get(CHAMPION, [])
+    oldest_first = sorted(events, key=lambda event: event.timestamp)  # several merged into one run
+    try:
+        release = release_from_extras([event.extra for event in oldest_first])
+        outcome = export_release(ModelRegistry(open_storage(settings().registry_uri)), release)
+    except RegistryError as exc:  # a malformed event or a tampered file: a retry fails the same way
+        raise AirflowFailException(str(exc)) from exc
+    if outcome.number is None:
+        raise AirflowSkipException(outcome.note)
+    return outcome.to_dict()
+
+
+with DAG(
+    dag_id="mnist_serving_export",
+    schedule=[CHAMPION],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mnist", "serving"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+) as dag:
+    export()

@@ -1,0 +1,265 @@
+"""A person's sign-off before the champion moves, when the run asks for one.
+
+The gate allowed the promotion, so the version is published and the alias `candidate` points at it
+(`promotion`, its decision recorded as `pending`). A person then answers the approval request
+(`approval_request`: the verdict, each slice's figures and a link to the version's page):
+
+- approved (`approve_candidate`): the champion moves to the candidate by compare-and-swap, only if
+  the candidate still is the version this run published; history records the approver; the move
+  is a `Release`, which the `mnist_champion` asset announces;
+- rejected, or no answer before the timeout (`decline_candidate`): the champion stays, history
+  records who rejected (or the timeout), and the candidate is cleared.
+
+A retried step finds what an earlier try did and does not do it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.records import Record
+from mnist_pipeline.registry.aliases import CANDIDATE, clear_alias, read_alias
+from mnist_pipeline.registry.gate import SliceVerdict
+from mnist_pipeline.registry.history import find_promotion, record_event
+from mnist_pipeline.registry.promotion import PromotionOutcome
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
+from mnist_pipeline.registry.release import Release
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.runs import utc_now
+
+__all__ = [
+    "APPROVED",
+    "REJECTED",
+    "TIMED_OUT",
+    "VERSION_PAGE",
+    "ApprovalAnswer",
+    "ApprovalRequest",
+    "approval_request",
+    "approve_candidate",
+    "decline_candidate",
+    "released",
+]
+
+APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed-out"
+APPROVE_OPTION = "Approve"  # the option of Airflow's approval operator that approves
+# The Model Registry plugin's page of one version (`web.app`, mounted at /model-registry).
+VERSION_PAGE = "/model-registry/versions/{model}/{version}"
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """What the approval task shows: a subject line and a Markdown body."""
+
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True)
+class ApprovalAnswer(Record):
+    """A person's answer, or the timeout's: approved or not, by whom (None: nobody), when."""
+
+    approved: bool
+    user: str | None = None
+    timed_out: bool = False
+    at: str | None = None
+
+    @classmethod
+    def from_hitl(cls, response: Mapping[str, Any]) -> ApprovalAnswer:
+        """From the result of Airflow's approval operator: its chosen option, the responding user
+        ({id, name}; None when the timeout chose the default) and the time of the answer."""
+        chosen = response.get("chosen_options") or []
+        user = response.get("responded_by_user") or {}
+        at = response.get("responded_at")
+        return cls(
+            approved=list(chosen) == [APPROVE_OPTION],
+            user=(user.get("name") or user.get("id")) if isinstance(user, Mapping) else None,
+            timed_out=bool(response.get("timedout")),
+            at=None if at is None else str(at),
+        )
+
+    @property
+    def status(self) -> str:
+        return APPROVED if self.approved else (TIMED_OUT if self.timed_out else REJECTED)
+
+    @property
+    def who(self) -> str:
+        return self.user or "nobody (approval timeout)"
+
+
+def approval_request(
+    outcome: PromotionOutcome, run_id: str, timeout_hours: float, base_path: str = ""
+) -> ApprovalRequest:
+    """The request for the candidate `outcome` published: the verdict, the slices' figures, the
+    champion it would replace and a link to its page (below `base_path`, the api-server's prefix)."""
+    ref = _candidate_of(outcome)
+    page = base_path.rstrip("/") + VERSION_PAGE.format(model=ref.model, version=ref.version)
+    champion = outcome.previous_champion
+    replaces = f"`{champion.model}/{champion.version}`" if champion else "no champion yet"
+    accuracy = (outcome.metrics or {}).get("accuracy")
+    lines = [
+        f"Run `{run_id}` asks to make **`{ref}`** the champion (it replaces {replaces}).",
+        "",
+        f"**Verdict{' (forced)' if outcome.forced else ''}:** {outcome.verdict.reason}",
+        "",
+        *_slice_table(outcome.verdict.slices, accuracy),
+        *_recall_lines(outcome.verdict.recall_drops),
+        f"[Open `{ref}` in the Model Registry]({page})",
+        "",
+        f"**Approve** moves the champion to it. **Reject**, or no answer within {timeout_hours:g} h,"
+        " keeps the champion and clears the candidate.",
+    ]
+    return ApprovalRequest(f"Make {ref} the MNIST champion?", "\n".join(lines))
+
+
+def _slice_table(slices: list[SliceVerdict], accuracy: float | None) -> list[str]:
+    if not slices:  # no champion yet: the floor decided on the test accuracy alone
+        shown = "unknown" if accuracy is None else f"{accuracy:.4f}"
+        return [f"Test accuracy (mnist_test): {shown}", ""]
+    rows = [
+        "| slice | images | candidate | champion | McNemar b / c | p (Holm) | decides |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for piece in slices:
+        champion = "-" if piece.champion_accuracy is None else f"{piece.champion_accuracy:.4f}"
+        p = "-" if piece.adjusted_p_value is None else f"{piece.adjusted_p_value:.3g}"
+        rows.append(
+            f"| {piece.name} | {piece.images} | {piece.challenger_accuracy:.4f} | {champion}"
+            f" | {piece.b} / {piece.c} | {p} | {'yes' if piece.decides else 'no (too small)'} |"
+        )
+    return [*rows, ""]
+
+
+def _recall_lines(drops: dict[str, float]) -> list[str]:
+    lost = {digit: drop for digit, drop in drops.items() if drop > 0}
+    if not lost:
+        return []
+    shown = ", ".join(f"{digit}: {100 * drop:.2f}" for digit, drop in sorted(lost.items()))
+    return [f"Recall points lost per digit on mnist_test: {shown}", ""]
+
+
+def released(
+    registry: ModelRegistry, outcome: PromotionOutcome, answer: ApprovalAnswer | None, run_id: str
+) -> Release | None:
+    """The release the run made, if the champion moved: by the gate, or by an approval (moving it
+    now). None when nothing moved: a dry run, a kept champion, a rejection."""
+    if outcome.awaiting_approval:
+        if answer is None or not answer.approved:
+            return None
+        return approve_candidate(registry, outcome, answer, run_id)
+    if not outcome.promoted or outcome.dry_run or outcome.version is None:
+        return None
+    ref = VersionRef(outcome.model, outcome.version)
+    return Release(ref.model, ref.version, registry.uri(ref), dict(outcome.metrics or {}))
+
+
+def approve_candidate(
+    registry: ModelRegistry, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
+) -> Release:
+    """Move the champion to the run's candidate (compare-and-swap; refused when the candidate is no
+    longer this run's version), record the approver, clear the candidate."""
+    ref = _candidate_of(outcome)
+    if find_promotion(registry.storage, run_id, ref.model) is None:  # else an earlier try moved it
+        pointer = _approved_pointer(registry, ref, outcome, answer, run_id)
+        previous = registry.move_champion(lambda current: _swap_in(registry, pointer, run_id, current))
+        record_event(registry.storage, _answer_event(outcome, answer, run_id, previous, promoted=True))
+    _clear_candidate(registry, ref, run_id, answer, "approved: it is the champion now")
+    return Release(ref.model, ref.version, registry.uri(ref), dict(outcome.metrics or {}))
+
+
+def decline_candidate(
+    registry: ModelRegistry, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
+) -> HistoryEvent:
+    """Leave the champion, record the rejection (or the timeout) and clear the run's candidate."""
+    ref = _candidate_of(outcome)
+    event = _answer_event(outcome, answer, run_id, registry.champion(), promoted=False)
+    recorded = record_event(registry.storage, event)
+    _clear_candidate(registry, ref, run_id, answer, f"{answer.status}: the champion stays")
+    return recorded
+
+
+def _candidate_of(outcome: PromotionOutcome) -> VersionRef:
+    if not outcome.awaiting_approval:
+        raise RegistryError(f"{outcome.model}'s promotion awaits no approval (approval: {outcome.approval})")
+    return VersionRef(outcome.model, str(outcome.version))
+
+
+def _swap_in(
+    registry: ModelRegistry, pointer: ChampionPointer, run_id: str, current: ChampionPointer | None
+) -> tuple[ChampionPointer | None, ChampionPointer | None]:
+    """One round of the champion's compare-and-swap: the candidate must still be the run's version."""
+    ref = VersionRef(pointer.model, pointer.version)
+    if current is not None and _is_runs(current, ref, run_id):
+        return None, current.previous  # an earlier try moved it and died before its history event
+    candidate = read_alias(registry, CANDIDATE)
+    if candidate is None or not _is_runs(candidate, ref, run_id):
+        now = f"{candidate.model}/{candidate.version}" if candidate else "not set"
+        raise RegistryError(f"the candidate is now {now}, not {ref} of run {run_id}: the champion stays")
+    return pointer.succeeding(current), current
+
+
+def _approved_pointer(
+    registry: ModelRegistry, ref: VersionRef, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
+) -> ChampionPointer:
+    metadata = registry.metadata(ref)
+    measured = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+    return ChampionPointer.for_version(
+        VersionSummary(ref.model, ref.version, dict(outcome.metrics or {})),
+        registry.uri(ref),
+        utc_now(),
+        f"{outcome.verdict.reason}; approved by {answer.who}",
+        forced=outcome.forced,
+        run_id=run_id,
+        test_hash=measured.get("test_hash"),
+        data_hash=metadata.get("data_hash"),
+        set_by=answer.user,
+    )
+
+
+def _answer_event(
+    outcome: PromotionOutcome,
+    answer: ApprovalAnswer,
+    run_id: str,
+    champion: ChampionPointer | None,
+    promoted: bool,
+) -> HistoryEvent:
+    """The history event of the answer; its verdict keeps the gate's figures, its reason says who."""
+    reason = _answer_reason(outcome.verdict.reason, answer, promoted)
+    return HistoryEvent(
+        kind="approval",
+        model=outcome.model,
+        version=outcome.version,
+        verdict=replace(outcome.verdict, reason=reason, promote=promoted),
+        promoted=promoted,
+        run_id=run_id,
+        trigger=answer.user,
+        metrics=outcome.metrics,
+        forced=outcome.forced and promoted,
+        previous_champion=champion.summary() if champion else None,
+        approval=answer.status,
+        approver=answer.user,
+    )
+
+
+def _answer_reason(gate: str, answer: ApprovalAnswer, promoted: bool) -> str:
+    if promoted:
+        return f"{gate}; approved by {answer.who}"
+    if answer.timed_out:
+        return f"no answer before the approval timeout: the champion stays (gate: {gate})"
+    return f"rejected by {answer.who}: the champion stays (gate: {gate})"
+
+
+def _clear_candidate(
+    registry: ModelRegistry, ref: VersionRef, run_id: str, answer: ApprovalAnswer, reason: str
+) -> None:
+    """Clear the alias `candidate` if it still names the run's version (another run's stays)."""
+    candidate = read_alias(registry, CANDIDATE)
+    if candidate is not None and _is_runs(candidate, ref, run_id):
+        clear_alias(registry, CANDIDATE, answer.who, reason)
+
+
+def _is_runs(pointer: ChampionPointer, ref: VersionRef, run_id: str) -> bool:
+    """Whether `pointer` points at `ref` as run `run_id` published it."""
+    return pointer.run_id == run_id and pointer.is_version(ref.model, ref.version)

@@ -1,0 +1,183 @@
+"""The `sweep` run parameter: trials of a model's settings, as a grid or as an explicit list.
+
+`{"cnn": {"learning_rate": [0.001, 0.002], "dropout": [0.2, 0.3]}}` is a grid: every combination,
+4 trials. `{"cnn": [{"learning_rate": 0.001}, {"learning_rate": 0.002, "dropout": 0.3}]}` lists
+the trials. A model the sweep does not name trains once, exactly as without a sweep.
+
+`sweep_schema` is the JSON schema of the DAG's `sweep` parameter, generated from the model table
+and each model's config fields, so the trigger form and the REST API refuse a bad sweep naming
+the field: an unknown model or setting, an empty list, a value of the wrong type or out of range,
+an explicit list longer than the limit (`MNIST_MAX_TRIALS`), a grid list longer than it.
+`expand_sweep` checks the same schema, then what no JSON schema can say: a grid's product against
+the limit. Pure Python: nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.records import Record
+from mnist_pipeline.runs import model_key, trial_key
+from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS, ModelSpec
+
+__all__ = ["TRAIN_CONFIG_SETTINGS", "Trial", "check_sweep", "expand_sweep", "sweep_schema"]
+
+# Settings a model config shares with `TrainConfig`: a trial's values replace the run's.
+TRAIN_CONFIG_SETTINGS = ("epochs", "batch_size", "learning_rate")
+_LIMIT_VARIABLE = "MNIST_MAX_TRIALS"
+_MAX_LAYERS = 8  # entries of a per-layer setting (hidden_units, filters)
+# The range of each setting a sweep may try; a setting not named here gets its type's default.
+_BOUNDS: dict[str, dict[str, float]] = {
+    "epochs": {"minimum": 1, "maximum": 1000},
+    "batch_size": {"minimum": 1, "maximum": 65536},
+    "learning_rate": {"exclusiveMinimum": 0, "maximum": 1},
+    "ema_horizon_steps": {"minimum": 0, "maximum": 1_000_000},
+    "warm_start_epochs": {"minimum": 1, "maximum": 1000},
+    "warm_start_rate_scale": {"exclusiveMinimum": 0, "maximum": 1},
+    "dropout": {"minimum": 0, "exclusiveMaximum": 1},  # Keras' Dropout takes a rate in [0, 1)
+    "max_shift": {"minimum": 0, "maximum": 1},  # a fraction of the image
+    "max_rotation": {"minimum": 0, "maximum": 1},  # a fraction of a full turn
+    "dense_units": {"minimum": 1, "maximum": 8192},
+    "hidden_units": {"minimum": 1, "maximum": 8192},  # each layer's units
+    "filters": {"minimum": 1, "maximum": 1024},  # each convolution's filters
+}
+_TYPE_BOUNDS: dict[type, dict[str, float]] = {
+    int: {"minimum": 1, "maximum": 1_000_000},
+    float: {"exclusiveMinimum": 0, "maximum": 1_000_000},
+}
+
+
+@dataclass(frozen=True)
+class Trial(Record):
+    """One training of a model in a run: its index among the model's trials, the settings it
+    overrides, and whether the model is swept at all (else it trains once, as without a sweep)."""
+
+    model: str
+    index: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    swept: bool = False
+
+    def key(self, run_id: str) -> str:
+        """Where it trains: its own prefix (`trials/<index>`, checkpoint included) in a sweep; the
+        model's own, as ever, without one."""
+        return trial_key(run_id, self.model, self.index) if self.swept else model_key(run_id, self.model)
+
+    def configs(self, train_config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+        """The run's `train_config` with the trial's epochs / batch size / learning rate, and the
+        other model settings it overrides (lists as the tuples model configs hold)."""
+        shared = {name: value for name, value in self.settings.items() if name in TRAIN_CONFIG_SETTINGS}
+        own = {
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in self.settings.items()
+            if name not in TRAIN_CONFIG_SETTINGS
+        }
+        return replace(train_config, **shared), own
+
+
+def sweep_schema(models: Mapping[str, ModelSpec], limit: int) -> dict[str, Any]:
+    """The JSON schema of the `sweep` parameter: per model, a grid or a list of at most `limit` trials."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {name: _model_schema(spec, limit) for name, spec in models.items()},
+    }
+
+
+def _model_schema(spec: ModelSpec, limit: int) -> dict[str, Any]:
+    settings = _setting_schemas(spec)
+    grid = {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            name: {"type": "array", "minItems": 1, "maxItems": limit, "uniqueItems": True, "items": schema}
+            for name, schema in settings.items()
+        },
+    }
+    listed = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": limit,
+        "items": {"type": "object", "additionalProperties": False, "properties": settings},
+    }
+    return {"type": ["object", "array"], "if": {"type": "object"}, "then": grid, "else": listed}
+
+
+def _setting_schemas(spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """Each setting of the model's config, typed from the dataclass field's type."""
+    hints = typing.get_type_hints(spec.config_type)
+    return {item.name: _value_schema(item.name, hints[item.name]) for item in fields(spec.config_type)}
+
+
+def _value_schema(name: str, hint: Any) -> dict[str, Any]:
+    if hint in (int, float):
+        kind = "integer" if hint is int else "number"
+        return {"type": kind, **_BOUNDS.get(name, _TYPE_BOUNDS[hint])}
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        per_layer = _value_schema(name, item)
+        return {"type": "array", "minItems": 1, "maxItems": _MAX_LAYERS, "items": per_layer}
+    raise ConfigError(f"model setting {name!r} is of a type a sweep cannot try: {hint}")
+
+
+def expand_sweep(sweep: Mapping[str, Any] | None, model: str, limit: int) -> list[Trial]:
+    """The trials of `model` in `sweep`: one, unswept, when the sweep does not name it. A bad sweep
+    raises `ConfigError` naming the field (`sweep.cnn.dropout[1]: ...`)."""
+    sweep = {} if sweep is None else sweep
+    _validate(sweep, limit)
+    entry = sweep.get(model)
+    if entry is None:
+        return [Trial(model, 0)]
+    count = math.prod(len(values) for values in entry.values()) if isinstance(entry, Mapping) else len(entry)
+    if count > limit:
+        raise ConfigError(
+            f"sweep.{model}: {count} trials, more than the limit of {limit} ({_LIMIT_VARIABLE})"
+        )
+    combos = _grid(entry) if isinstance(entry, Mapping) else entry
+    hints = typing.get_type_hints(MODELS[model].config_type)
+    return [
+        Trial(model, index, {name: _as_declared(value, hints[name]) for name, value in combo.items()}, True)
+        for index, combo in enumerate(combos)
+    ]
+
+
+def check_sweep(sweep: Mapping[str, Any] | None, limit: int) -> dict[str, list[Trial]]:
+    """Every model's trials: refuses a bad sweep before anything trains."""
+    return {name: expand_sweep(sweep, name, limit) for name in MODEL_NAMES}
+
+
+def _validate(sweep: object, limit: int) -> None:
+    validator = Draft202012Validator(sweep_schema(MODELS, limit))
+    error = best_match(validator.iter_errors(sweep))
+    if error is not None:
+        path = list(error.absolute_path)
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+        message = error.message
+        if error.validator == "maxItems" and len(path) <= 2:  # a model's trials, or a grid's values
+            what = "trials" if len(path) == 1 else "values"
+            message = f"{len(error.instance)} {what}, more than the limit of {limit} ({_LIMIT_VARIABLE})"
+        raise ConfigError(f"sweep{where}: {message}")
+
+
+def _grid(entry: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the listed values, the first setting varying slowest."""
+    names = list(entry)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*entry.values())]
+
+
+def _as_declared(value: Any, hint: Any) -> Any:
+    """A JSON value as the config field declares it: 2.0 as the integer 2, 1 as the float 1.0."""
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return [_as_declared(element, item) for element in value]
+    return int(value) if hint is int else float(value) if hint is float else value

@@ -1,0 +1,259 @@
+"""Promotion as a release, in the library: the `mnist_champion` event's extra, the TF Serving export
+its consumer writes, and a person's approval of the candidate. On both backends, with versions
+published through the library (no model is trained: the export copies bytes, checked by sha256)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.registry.aliases import CANDIDATE, alias_history, read_alias, set_alias
+from mnist_pipeline.registry.approval import (
+    VERSION_PAGE,
+    ApprovalAnswer,
+    approval_request,
+    approve_candidate,
+    decline_candidate,
+    released,
+)
+from mnist_pipeline.registry.gate import SliceVerdict, Verdict
+from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.operations import promote_version
+from mnist_pipeline.registry.promotion import APPROVAL_PENDING, PromotionOutcome
+from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME, Release, release_from_extras
+from mnist_pipeline.registry.serving_export import SERVING_ROOT, export_release, serving_exports
+from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.storage import Storage, open_storage
+
+RUN = "manual__2026-01-01T00:00:00+00:00"
+GRAPH, INDEX, DATA = "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"
+
+
+def publish(registry: ModelRegistry, folders: Path, i: int) -> VersionRef:
+    """Version `i` of the DNN: a model file, metrics.json and a SavedModel's three files."""
+    ref = VersionRef("dnn", f"20260101T{i:06d}Z-{i:08x}")
+    folder = folders / ref.version
+    for name, data in ((GRAPH, b"graph"), (INDEX, b"index"), (DATA, b"weights")):
+        (folder / "saved_model" / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "saved_model" / name).write_bytes(data + f" {i}".encode())
+    (folder / "model.keras").write_bytes(f"keras {i}".encode())
+    figures = {"accuracy": 0.9 + i / 100, "loss": 0.1}
+    (folder / "metrics.json").write_text(json.dumps(figures | {"test_hash": "t" * 64}))
+    registry.publish(ref, folder, {"metrics": figures | {"test_hash": "t" * 64}, "data_hash": "d" * 64})
+    return ref
+
+
+@pytest.fixture
+def registry(storage_uri: str) -> ModelRegistry:
+    return ModelRegistry(open_storage(storage_uri))
+
+
+@pytest.fixture
+def versions(registry: ModelRegistry, tmp_path: Path) -> list[VersionRef]:
+    return [publish(registry, tmp_path / "folders", i) for i in range(1, 3)]
+
+
+def crown(registry: ModelRegistry, ref: VersionRef) -> Release:
+    promote_version(registry, ref, "test", "test:alice")
+    champion = registry.champion()
+    assert champion is not None
+    return Release.of(champion)
+
+
+def serving_files(storage: Storage) -> dict[str, bytes]:
+    return {key: storage.read_bytes(key) for key in storage.list_keys(f"{SERVING_ROOT}/")}
+
+
+# --- the event's extra ---------------------------------------------------------------------------
+
+
+def test_the_extra_names_the_champion_and_the_newest_event_wins(registry, versions) -> None:
+    first, second = (crown(registry, ref).to_dict() for ref in versions)
+    assert CHAMPION_ASSET_NAME == "mnist_champion"
+    assert set(first) == {"model", "version", "uri", "metrics"}
+    assert first["uri"] == registry.uri(versions[0]) and first["metrics"]["accuracy"] == pytest.approx(0.91)
+    assert release_from_extras([first, second]) == Release.from_extra(second)
+    assert release_from_extras([]) is None  # a run started by hand: the consumer exports the champion
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"model": "dnn", "uri": "gs://b/x", "metrics": {}}, "lacks the field 'version'"),
+        ({"model": "dnn", "version": 7, "uri": "gs://b/x", "metrics": {}}, "version must be a string, got 7"),
+        ({"model": "dnn", "version": "v", "uri": "gs://b/x", "metrics": [1]}, "metrics must be"),
+        ({"model": "dnn", "version": "../../x", "uri": "gs://b/x", "metrics": {}}, "version name '../../x'"),
+        ("dnn/v1", "expected a JSON object"),
+        ({}, "is empty"),
+    ],
+)
+def test_a_malformed_extra_is_refused_naming_the_field(extra: object, named: str) -> None:
+    with pytest.raises(RegistryError, match=re.escape(named)) as refused:
+        release_from_extras([extra])
+    assert "mnist_champion event's extra" in str(refused.value) or "version name" in str(refused.value)
+
+
+# --- the export for TF Serving -------------------------------------------------------------------
+
+
+def test_each_new_champion_gets_the_next_number_and_a_rerun_writes_nothing(registry, versions) -> None:
+    storage = registry.storage
+    first = export_release(registry, crown(registry, versions[0]))
+    assert (first.number, first.written, first.version) == (1, True, versions[0].version)
+    exported = serving_files(storage)
+    folder = f"{SERVING_ROOT}/1"
+    assert set(exported) == {f"{folder}.json", *(f"{folder}/{name}" for name in (GRAPH, INDEX, DATA))}
+    original = storage.read_bytes(f"{versions[0].prefix}/saved_model/{INDEX}")
+    assert exported[f"{folder}/{INDEX}"] == original
+    assert first.files[-1] == GRAPH  # written last: a server never lists a folder without all else
+
+    again = export_release(registry, crown(registry, versions[0]))  # the same champion version
+    assert (again.number, again.written, again.files) == (1, False, [])
+    assert serving_files(storage) == exported
+
+    second = export_release(registry, crown(registry, versions[1]))
+    assert (second.number, second.written) == (2, True)
+    assert [(e.number, e.version, e.uri) for e in serving_exports(storage)] == [
+        (1, versions[0].version, registry.uri(versions[0])),
+        (2, versions[1].version, registry.uri(versions[1])),
+    ]
+    back = export_release(registry, crown(registry, versions[0]))  # champion again: served again
+    assert (back.number, back.written) == (3, True)
+
+
+def test_without_an_event_the_current_champion_is_exported(registry, versions) -> None:
+    with pytest.raises(RegistryError, match="no champion yet"):
+        export_release(registry, None)
+    crown(registry, versions[1])
+    outcome = export_release(registry, None)
+    assert (outcome.number, outcome.version) == (1, versions[1].version)
+
+
+def test_a_release_already_superseded_is_not_exported(registry, versions) -> None:
+    stale = crown(registry, versions[0])
+    crown(registry, versions[1])
+    outcome = export_release(registry, stale)
+    assert outcome.number is None and not outcome.written and "no longer the champion" in outcome.note
+    assert serving_files(registry.storage) == {}
+
+
+def test_a_tampered_file_or_a_foreign_uri_stops_the_export_before_anything_is_written(
+    registry, versions
+) -> None:
+    release = crown(registry, versions[0])
+    registry.storage.write_bytes(f"{versions[0].prefix}/saved_model/{DATA}", b"tampered")
+    with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+        export_release(registry, release)
+    with pytest.raises(RegistryError, match="this registry holds"):
+        export_release(registry, Release(release.model, release.version, "gs://elsewhere/x", {}))
+    assert serving_files(registry.storage) == {}
+
+
+def test_numbers_taken_by_hand_are_skipped_and_a_cut_short_export_is_completed(registry, versions) -> None:
+    storage = registry.storage
+    storage.write_bytes(f"{SERVING_ROOT}/4/{GRAPH}", b"someone else's model")  # no record: not ours
+    release = crown(registry, versions[0])
+    assert export_release(registry, release).number == 5
+    storage.delete(f"{SERVING_ROOT}/5/{GRAPH}")  # as if the export died before its last file
+    resumed = export_release(registry, release)
+    assert (resumed.number, resumed.written, resumed.files) == (5, True, [GRAPH])
+
+
+# --- approval ------------------------------------------------------------------------------------
+
+
+def pending(registry: ModelRegistry, ref: VersionRef, run_id: str = RUN) -> PromotionOutcome:
+    """What `promote` returns and leaves when approval is required: the version is the candidate."""
+    set_alias(registry, CANDIDATE, ref, f"gate of run {run_id}", "awaiting approval", run_id=run_id)
+    test = SliceVerdict("mnist_test", 10000, 0.93, 0.91, b=40, c=240, adjusted_p_value=1e-30, better=True)
+    verdict = Verdict(True, "better on mnist_test", 0.93, 0.91, rule="better", slices=[test])
+    champion = registry.champion()
+    return PromotionOutcome(
+        promoted=False,
+        model=ref.model,
+        verdict=verdict,
+        version=ref.version,
+        metrics={"accuracy": 0.93, "loss": 0.2},
+        previous_champion=champion.summary() if champion else None,
+        approval=APPROVAL_PENDING,
+    )
+
+
+def answer(approved: bool, user: str | None = "alice", timed_out: bool = False) -> ApprovalAnswer:
+    chosen = ["Approve" if approved else "Reject"]
+    response = {"chosen_options": chosen, "responded_by_user": user and {"id": user, "name": user}}
+    at = "2026-01-01T00:00:00Z"
+    return ApprovalAnswer.from_hitl(response | {"timedout": timed_out, "responded_at": at})
+
+
+def test_the_request_shows_the_verdict_the_slices_and_a_link_to_the_version(registry, versions) -> None:
+    from mnist_pipeline.web.app import URL_PREFIX
+
+    crown(registry, versions[0])
+    request = approval_request(pending(registry, versions[1]), RUN, 24, "/airflow")
+    assert versions[1].version in request.subject
+    page = "/airflow" + VERSION_PAGE.format(model="dnn", version=versions[1].version)
+    assert page.startswith(f"/airflow{URL_PREFIX}/versions/") and f"]({page})" in request.body
+    assert "better on mnist_test" in request.body
+    assert "| mnist_test | 10000 | 0.9300 | 0.9100 | 40 / 240 |" in request.body
+    assert f"`dnn/{versions[0].version}`" in request.body and "24 h" in request.body
+
+
+def test_approving_moves_the_champion_names_the_approver_and_clears_the_candidate(registry, versions) -> None:
+    crown(registry, versions[0])
+    outcome = pending(registry, versions[1])
+    release = released(registry, outcome, answer(True), RUN)
+    assert release == Release("dnn", versions[1].version, registry.uri(versions[1]), outcome.metrics)
+    champion = registry.champion()
+    assert champion is not None and champion.is_version("dnn", versions[1].version)
+    assert champion.run_id == RUN and champion.set_by == "alice" and "approved by alice" in champion.verdict
+    assert champion.previous is not None and champion.previous.is_version("dnn", versions[0].version)
+    event = list_events(registry.storage)[-1]
+    assert (event.kind, event.approval, event.approver) == ("approval", "approved", "alice")
+    assert event.promoted and event.run_id == RUN and event.version == versions[1].version
+    assert read_alias(registry, CANDIDATE) is None
+    assert approve_candidate(registry, outcome, answer(True), RUN) == release  # a retried task
+    assert len([e for e in list_events(registry.storage) if e.kind == "approval"]) == 1
+
+
+def test_an_approval_whose_candidate_changed_moves_nothing(registry, versions) -> None:
+    crown(registry, versions[0])
+    outcome = pending(registry, versions[1])
+    set_alias(registry, CANDIDATE, versions[0], "test:bob", "another candidate", run_id="other-run")
+    with pytest.raises(RegistryError, match=r"the candidate is now .* not dnn/.* the champion stays"):
+        released(registry, outcome, answer(True), RUN)
+    champion = registry.champion()
+    assert champion is not None and champion.is_version("dnn", versions[0].version)
+
+
+@pytest.mark.parametrize(
+    ("user", "timed_out", "status"), [("bob", False, "rejected"), (None, True, "timed-out")]
+)
+def test_a_rejection_or_a_timeout_keeps_the_champion_and_clears_the_candidate(
+    registry, versions, user: str | None, timed_out: bool, status: str
+) -> None:
+    crown(registry, versions[0])
+    before = registry.champion()
+    outcome = pending(registry, versions[1])
+    no = answer(False, user, timed_out)
+    assert released(registry, outcome, no, RUN) is None  # no release: no asset event
+    event = decline_candidate(registry, outcome, no, RUN)
+    assert (event.kind, event.approval, event.approver, event.promoted) == ("approval", status, user, False)
+    assert registry.champion() == before and read_alias(registry, CANDIDATE) is None
+    assert alias_history(registry, CANDIDATE)[0].kind == "alias-cleared"
+
+
+def test_only_a_move_is_released(registry, versions) -> None:
+    ref = versions[0]
+    verdict = Verdict(True, "floor")
+    moved = PromotionOutcome(True, ref.model, verdict, ref.version, metrics={"accuracy": 0.91})
+    assert released(registry, moved, None, RUN) == Release(
+        ref.model, ref.version, registry.uri(ref), {"accuracy": 0.91}
+    )
+    kept = PromotionOutcome(False, ref.model, Verdict(False, "not better"))
+    dry = PromotionOutcome(False, ref.model, verdict, dry_run=True)
+    assert released(registry, kept, None, RUN) is None and released(registry, dry, None, RUN) is None
