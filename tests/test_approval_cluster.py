@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -64,12 +65,21 @@ def api(cluster: dict[str, Any]) -> Api:
 
 
 @pytest.fixture(scope="module")
-def registry(cluster: dict[str, Any]):
+def registry(cluster: dict[str, Any]) -> Iterator[Any]:
+    """The cluster's registry, read from this process too: the emulator setting points at the
+    cluster's fake-gcs-server while this module runs, and at the suite's own one again after."""
     from mnist_pipeline.registry.store import ModelRegistry
     from mnist_pipeline.storage import open_storage
 
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{cluster['gcs_port']}"  # this process too
-    return ModelRegistry(open_storage(cluster["registry"]))
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{cluster['gcs_port']}"
+    try:
+        yield ModelRegistry(open_storage(cluster["registry"]))
+    finally:
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
 
 
 def get_or_none(api: Api, path: str) -> Any:
