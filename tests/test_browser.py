@@ -172,7 +172,8 @@ def choose_only_linear(page: Any, dialog: Any, shot: Any) -> None:
 def submit_conf(page: Any, dialog: Any, conf: dict[str, Any]) -> str:
     """Type `conf` into the form's "Configuration JSON" and trigger; the dialog's text afterwards."""
     dialog.get_by_text("Advanced Options", exact=True).click()
-    dialog.locator(".monaco-editor .view-lines").click()
+    # The last editor of the form: the sweep parameter has one of its own above it.
+    dialog.locator(".monaco-editor .view-lines").last.click()
     page.keyboard.press("Control+A")
     page.keyboard.press("Delete")
     page.keyboard.insert_text(json.dumps(conf))  # not typed: the editor would close brackets itself

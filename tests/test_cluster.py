@@ -101,6 +101,9 @@ def test_a_run_triggered_through_the_rest_api_trains_on_the_gpu_worker(
     trainings = {task_id for task_id in instances if task_id.endswith(".train")}
     assert trainings == {"linear.train", "dnn.train", "cnn.train"}
     for task_id, ti in sorted(instances.items()):
+        if task_id == "approval":  # asks nobody: this run does not require approval
+            assert ti["state"] == "skipped", ti
+            continue
         assert_ran_on(ti, "gpu" if task_id in trainings else "default")
         print(f"{task_id:16} queue={ti['queue']:8} pool={ti['pool']:12} host={ti['hostname']}")
     assert {instances[task_id]["pool"] for task_id in trainings} == {"gpu"}
