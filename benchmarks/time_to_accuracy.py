@@ -6,8 +6,9 @@ real MNIST; test accuracy is recorded after every epoch with the cumulative trai
     MNIST_SOURCE=../shared/data/mnist.npz .venv/bin/python benchmarks/time_to_accuracy.py [--repeats N]
         [--ours-epochs N]   # plan our CNN for N epochs instead of its default (a shorter cosine schedule)
 
-Prints a table (seconds to 99.0% and 99.2%, test accuracy of the model training returned, epochs
-run, ratio ours/reference) and writes
+Prints a table (seconds to 99.0%, 99.2% and 99.5%, test accuracy of the model training returned,
+epochs run) and the issue's two ratios: our time to 99.0% over the reference's (target <= 0.2) and
+our time to 99.5% over the reference's whole 15-epoch training (target <= 0.5); writes
 benchmarks/results/time_to_accuracy.json.
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import make_probe, mnist_source, seconds_to, write_result
 
-TARGETS = (0.990, 0.992)
+TARGETS = (0.990, 0.992, 0.995)
 
 
 def train_reference() -> dict:
@@ -114,19 +115,35 @@ def _median(values: list) -> float | None:
 
 
 def print_table(summary: dict[str, dict]) -> None:
-    ours, ref = summary["ours"], summary["reference"]
-    header = f"{'s to 99.0%':>11} {'s to 99.2%':>11} {'final acc':>10} {'epochs':>6} {'total s':>8}"
-    print(f"{'':<10} {header}")
+    header = " ".join(f"{f's to {t:.1%}':>11}" for t in TARGETS)
+    print(f"{'':<10} {header} {'final acc':>10} {'epochs':>6} {'total s':>8}")
     for kind, row in summary.items():
-        cells = [_seconds(row[f"seconds_to_{t}"]) for t in TARGETS]
+        cells = " ".join(f"{_seconds(row[f'seconds_to_{t}']):>11}" for t in TARGETS)
         final, epochs, total = row["final_accuracy"], row["epochs_run"], row["total_seconds"]
-        print(f"{kind:<10} {cells[0]:>11} {cells[1]:>11} {final:>10.4f} {epochs:>6} {total:>8.1f}")
-    if ours["seconds_to_0.99"] and ref["seconds_to_0.99"]:
-        ratio = ours["seconds_to_0.99"] / ref["seconds_to_0.99"]
-        print(f"ours/reference, time to 99.0%: {ratio:.2f} (target <= 0.5)")
-    if ours["seconds_to_0.992"]:
-        ratio = ours["seconds_to_0.992"] / ref["total_seconds"]
-        print(f"ours to 99.2% / reference's whole 15-epoch training: {ratio:.2f} (target <= 0.5)")
+        print(f"{kind:<10} {cells} {final:>10.4f} {epochs:>6} {total:>8.1f}")
+    for label, ratio, target in ratios(summary):
+        print(f"{label}: {_ratio(ratio)} (target <= {target})")
+
+
+def ratios(summary: dict[str, dict]) -> list[tuple[str, float | None, float]]:
+    """The issue's ratios: ours to 99.0% / reference to 99.0%, ours to 99.5% / reference's whole run."""
+    ours, ref = summary["ours"], summary["reference"]
+    return [
+        ("ours/reference, time to 99.0%", _divide(ours["seconds_to_0.99"], ref["seconds_to_0.99"]), 0.2),
+        (
+            "ours to 99.5% / reference's whole 15-epoch training",
+            _divide(ours["seconds_to_0.995"], ref["total_seconds"]),
+            0.5,
+        ),
+    ]
+
+
+def _divide(part: float | None, whole: float | None) -> float | None:
+    return part / whole if part is not None and whole else None
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "never"
 
 
 def _seconds(value: float | None) -> str:
@@ -152,7 +169,12 @@ def main() -> None:
     summary = summarise(runs)
     print_table(summary)
     name = f"time_to_accuracy_{args.ours_epochs}_epochs" if args.ours_epochs else "time_to_accuracy"
-    payload = {"ours_epochs": args.ours_epochs, "summary": summary, "runs": runs}
+    payload = {
+        "ours_epochs": args.ours_epochs,
+        "summary": summary,
+        "ratios": {label: ratio for label, ratio, _ in ratios(summary)},
+        "runs": runs,
+    }
     print("wrote", write_result(name, payload))
 
 

@@ -170,7 +170,8 @@ PARAMS = {
         type="string",
         enum=list(PRECISIONS),
         title="Precision",
-        description="auto: mixed_float16 on GPU workers, float32 on CPU ones; or force a Keras dtype policy.",
+        description="auto: mixed_float16 on GPU workers, mixed_bfloat16 on CPUs with bfloat16 matrix units"
+        " (Intel AMX), float32 on other CPUs; or force a Keras dtype policy.",
         section="Training",
     ),
     "max_train_images": Param(

@@ -5,13 +5,7 @@ Importing this package is cheap: TensorFlow loads only inside the steps that tra
 
 from __future__ import annotations
 
-import os
-
-# Before any TensorFlow import: its C++ start-up notices (CPU features, absl) go to stderr, which
-# Airflow's task logs show as errors. Warnings and errors still show; TF_CPP_MIN_LOG_LEVEL=0 restores all.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.config import PipelineSettings, TrainConfig, quiet_tensorflow_start_up
 from mnist_pipeline.errors import (
     ConfigError,
     DataError,
@@ -21,6 +15,8 @@ from mnist_pipeline.errors import (
     UnknownModelError,
 )
 from mnist_pipeline.training.architectures import MODEL_NAMES, build_model, get_model_spec
+
+quiet_tensorflow_start_up()  # before any step imports TensorFlow
 
 __all__ = [
     "MODEL_NAMES",

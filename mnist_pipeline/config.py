@@ -28,6 +28,7 @@ __all__ = [
     "REPO_ROOT",
     "PipelineSettings",
     "TrainConfig",
+    "quiet_tensorflow_start_up",
     "settings",
 ]
 
@@ -36,6 +37,13 @@ CANONICAL_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 APPROVAL_MODES = ("none", "required")  # does a promotion wait for a person's approval?
+
+
+def quiet_tensorflow_start_up(env: dict[str, str] | None = None) -> None:
+    """Keep TensorFlow's C++ start-up notices (CPU features, absl) off stderr, which Airflow's task
+    logs show as errors; its warnings and errors still show. Must run before TensorFlow loads (the
+    package's import does it); a value already set wins, so TF_CPP_MIN_LOG_LEVEL=0 restores all."""
+    (os.environ if env is None else env).setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _local_default(name: str) -> str:

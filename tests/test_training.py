@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,13 +84,39 @@ def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
     assert _ema_momentum(horizon, planned) == pytest.approx(momentum)
 
 
-def test_auto_precision_is_float32_without_a_gpu() -> None:
+def test_auto_precision_follows_the_hardware() -> None:
     import tensorflow as tf
 
-    from mnist_pipeline.training.trainer import resolve_precision
+    from mnist_pipeline.training.trainer import cpu_has_bfloat16_matrix_units, resolve_precision
 
-    expected = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
-    assert resolve_precision("auto") == expected and resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    if tf.config.list_physical_devices("GPU"):
+        expected = "mixed_float16"
+    else:
+        expected = "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert resolve_precision("float32") == "float32"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n", True),
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", False),  # bfloat16 emulated
+        ("processor\t: 0\nflags\t\t: fpu sse2 amx_bf16x\n", False),  # a whole flag, not a prefix
+        ("processor\t: 0\n", False),
+        (None, False),  # no /proc/cpuinfo (not Linux)
+    ],
+)
+def test_bfloat16_only_where_the_cpu_multiplies_it_in_hardware(
+    tmp_path: Path, cpuinfo: str | None, expected: bool
+) -> None:
+    from mnist_pipeline.training.trainer import cpu_has_bfloat16_matrix_units
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert cpu_has_bfloat16_matrix_units(path) is expected
 
 
 @pytest.mark.slow

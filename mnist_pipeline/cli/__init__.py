@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
-    train.add_argument("--precision", default="auto", help="auto (mixed_float16 on GPU), float32, ...")
+    train.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (mixed_float16 on GPU, mixed_bfloat16 on AMX CPUs) or a Keras dtype policy",
+    )
     train.add_argument(
         "--warm-start",
         action="store_true",

@@ -1,0 +1,108 @@
+"""Where `make demo`'s time goes: its commands timed, then every task of the DAG run it made.
+
+    MNIST_SOURCE=../shared/data/mnist.npz .venv/bin/python benchmarks/demo_time.py
+
+Runs what `make demo` runs (`airflow db migrate`, `airflow dags test mnist_training`,
+`mnist-pipeline summary`) in a throw-away Airflow home and registry, with the venv installed and
+full data, then reads each task's start and end from that home's metadata database. Prints the
+wall time of each command and of the whole (target <= 240 s), a table of the tasks by start time
+with their seconds, the test accuracy of each model, and writes benchmarks/results/demo_time.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import mnist_source, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGET_SECONDS = 240
+
+
+def demo_env(tmp: str) -> dict[str, str]:
+    """`make demo`'s settings, with its Airflow home, registry and artifacts under `tmp`."""
+    return os.environ | {
+        "MNIST_SOURCE": mnist_source(),
+        "MNIST_ARTIFACTS_URI": f"{tmp}/artifacts",
+        "MNIST_REGISTRY_URI": f"{tmp}/registry",
+        "AIRFLOW_HOME": f"{tmp}/airflow",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def task_times(airflow_home: str) -> list[dict[str, Any]]:
+    """Every task instance of the home's one run: id (with its map index), state, start, seconds."""
+    with sqlite3.connect(f"{airflow_home}/airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id, map_index, state, start_date, end_date FROM task_instance "
+            "WHERE dag_id = 'mnist_training' ORDER BY start_date"
+        ).fetchall()
+    tasks = []
+    for task_id, map_index, state, start, end in rows:
+        name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+        seconds = _seconds_between(start, end) if start and end else 0.0
+        tasks.append({"task": name, "state": state, "start": start, "seconds": round(seconds, 1)})
+    return tasks
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def accuracies(tmp: str) -> dict[str, float]:
+    """Each model's test accuracy from the run's evaluation records."""
+    found = {}
+    for path in Path(tmp, "artifacts").glob("runs/*/*/metrics.json"):
+        record = json.loads(path.read_text())
+        found[path.parent.name] = record["accuracy"]
+    return found
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = demo_env(tmp)
+        commands = {
+            "airflow db migrate": [str(BIN / "airflow"), "db", "migrate"],
+            "airflow dags test mnist_training": [str(BIN / "airflow"), "dags", "test", "mnist_training"],
+            "mnist-pipeline summary": [str(BIN / "mnist-pipeline"), "summary"],
+        }
+        walls = {name: timed(command, env) for name, command in commands.items()}
+        tasks = task_times(env["AIRFLOW_HOME"])
+        accuracy = accuracies(tmp)
+    total = sum(walls.values())
+    for name, wall in walls.items():
+        print(f"{name:<36} {wall:>7.1f} s")
+    print(f"{'make demo (venv installed)':<36} {total:>7.1f} s (target <= {TARGET_SECONDS})\n")
+    print(f"{'task':<24} {'state':<9} {'s':>7}")
+    for task in tasks:
+        print(f"{task['task']:<24} {task['state'] or '-':<9} {task['seconds']:>7.1f}")
+    print(f"{'sum of tasks':<34} {sum(t['seconds'] for t in tasks):>7.1f}")
+    print("test accuracy:", ", ".join(f"{m} {a:.4f}" for m, a in sorted(accuracy.items())))
+    payload = {"commands": walls, "total_s": total, "tasks": tasks, "test_accuracy": accuracy}
+    print("wrote", write_result("demo_time", payload))
+
+
+if __name__ == "__main__":
+    main()
