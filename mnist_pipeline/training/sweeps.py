@@ -50,6 +50,7 @@ _BOUNDS: dict[str, dict[str, float]] = {
     "dense_units": {"minimum": 1, "maximum": 8192},
     "hidden_units": {"minimum": 1, "maximum": 8192},  # each layer's units
     "filters": {"minimum": 1, "maximum": 1024},  # each convolution's filters
+    "convs_per_block": {"minimum": 1, "maximum": 8},
 }
 _TYPE_BOUNDS: dict[type, dict[str, float]] = {
     int: {"minimum": 1, "maximum": 1_000_000},
