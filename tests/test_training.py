@@ -87,13 +87,16 @@ def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
 def test_auto_precision_follows_the_hardware() -> None:
     import tensorflow as tf
 
+    from mnist_pipeline.training.architectures import get_model_spec
     from mnist_pipeline.training.trainer import cpu_has_bfloat16_matrix_units, resolve_precision
 
+    cnn, dnn = get_model_spec("cnn").config(), get_model_spec("dnn").config()
     if tf.config.list_physical_devices("GPU"):
-        expected = "mixed_float16"
+        assert resolve_precision("auto", cnn) == resolve_precision("auto", dnn) == "mixed_float16"
     else:
         expected = "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
-    assert resolve_precision("auto") == expected
+        assert resolve_precision("auto", cnn) == expected
+        assert resolve_precision("auto", dnn) == resolve_precision("auto") == "float32"
     assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
     assert resolve_precision("float32") == "float32"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mnist_pipeline.errors import ConfigError, UnknownModelError
 
@@ -43,6 +43,10 @@ class ModelConfig:
     # at a lower peak rate keeps what the champion knew while it takes in the new data.
     warm_start_epochs: int = 3
     warm_start_rate_scale: float = 0.3
+    # Whether precision "auto" trains it in bfloat16 on a CPU with bfloat16 matrix units. It pays
+    # where convolutions dominate the step; a dense model's step is mostly fixed cost, and
+    # bfloat16's short mantissa costs it accuracy. Not a setting: sweeps and runs cannot set it.
+    bfloat16_on_cpu: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class CnnConfig(ModelConfig):
     # Warm-up then cosine decay (training.py) let Adam start high and settle the weights at the end.
     # (0.5 dropout with a constant 1e-3 rate stalled near 98.8% validation accuracy.)
     learning_rate: float = 2e-3
+    bfloat16_on_cpu: ClassVar[bool] = True
     filters: tuple[int, ...] = (32, 64)  # one block per entry, each halving the image
     # Two stacked 3x3 convolutions see 5x5 with a non-linearity between; under bfloat16 matrix
     # units the second costs little, and the net learns more per epoch (benchmarks/accuracy.py).

@@ -53,16 +53,18 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
 
 
-def resolve_precision(requested: str) -> str:
+def resolve_precision(requested: str, model_config: ModelConfig | None = None) -> str:
     """The Keras dtype policy for `requested`; "auto" is mixed_float16 on GPUs, mixed_bfloat16 on
-    CPUs with bfloat16 matrix units (Intel AMX), float32 otherwise."""
+    CPUs with bfloat16 matrix units (Intel AMX) for models whose config asks for it, float32
+    otherwise."""
     import tensorflow as tf
 
     if requested != "auto":
         return requested
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
+    wanted = model_config is not None and model_config.bfloat16_on_cpu
+    return "mixed_bfloat16" if wanted and cpu_has_bfloat16_matrix_units() else "float32"
 
 
 def cpu_has_bfloat16_matrix_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -159,7 +161,7 @@ def train_model(
     strategy = make_strategy()
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
-    precision = resolve_precision(train_config.precision)
+    precision = resolve_precision(train_config.precision, model_config)
     momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
     with strategy.scope(), _dtype_policy(precision):
         model = _compiled_model(name, model_config, steps_per_epoch, momentum)
