@@ -41,6 +41,20 @@ def fake_gcs_server() -> Iterator[None]:
         server.stop()
 
 
+def throwaway_airflow_env(tmp: str, **extra: str) -> dict[str, str]:
+    """This process's environment with an Airflow home, registry and artifacts under `tmp`, the
+    repository's DAGs, and `extra` on top."""
+    return os.environ | {
+        "MNIST_SOURCE": mnist_source(),
+        "MNIST_ARTIFACTS_URI": f"{tmp}/artifacts",
+        "MNIST_REGISTRY_URI": f"{tmp}/registry",
+        "AIRFLOW_HOME": f"{tmp}/airflow",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **extra,
+    }
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),

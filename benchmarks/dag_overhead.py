@@ -21,9 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import mnist_source, write_result
+from _common import throwaway_airflow_env, write_result
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BARE = (
     "import sys; from mnist_pipeline.config import PipelineSettings, TrainConfig; "
@@ -48,16 +47,9 @@ def main() -> None:
     parser.add_argument("--max-train-images", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        env = os.environ | {
-            "MNIST_SOURCE": mnist_source(),
-            "MNIST_MAX_TRAIN_IMAGES": str(args.max_train_images),
-            "MNIST_ARTIFACTS_URI": f"{tmp}/artifacts",
-            "MNIST_REGISTRY_URI": f"{tmp}/registry",
-            "AIRFLOW_HOME": f"{tmp}/airflow",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
+        env = throwaway_airflow_env(
+            tmp, MNIST_MAX_TRAIN_IMAGES=str(args.max_train_images), TF_CPP_MIN_LOG_LEVEL="2"
+        )
         bare = {model: timed([sys.executable, "-c", BARE, model], env) for model in ("linear", "dnn", "cnn")}
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
         conf = f'{{"max_train_images": {args.max_train_images}}}'

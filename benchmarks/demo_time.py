@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import mnist_source, write_result
+from _common import throwaway_airflow_env, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -32,16 +32,11 @@ TARGET_SECONDS = 240
 
 def demo_env(tmp: str) -> dict[str, str]:
     """`make demo`'s settings, with its Airflow home, registry and artifacts under `tmp`."""
-    return os.environ | {
-        "MNIST_SOURCE": mnist_source(),
-        "MNIST_ARTIFACTS_URI": f"{tmp}/artifacts",
-        "MNIST_REGISTRY_URI": f"{tmp}/registry",
-        "AIRFLOW_HOME": f"{tmp}/airflow",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    return throwaway_airflow_env(
+        tmp,
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
