@@ -99,7 +99,12 @@ def _model_params(name: str) -> dict[str, Param]:
         ),
         f"{name}_batch_size": _positive_or_empty(
             f"{name}: batch size per replica",
-            f"Empty: the global batch size if set, else {spec.batch_size}.",
+            f"Empty: the global batch size if set, else {spec.batch_size}"
+            + (
+                f", halved on a small slice until an epoch has {spec.min_steps_per_epoch} steps."
+                if spec.min_steps_per_epoch
+                else "."
+            ),
             "Models",
         ),
     }
@@ -143,7 +148,8 @@ PARAMS = {
     ),
     "batch_size": _positive_or_empty(
         "Batch size per replica (all models)",
-        "Empty keeps each model's default; the global batch is this times the replicas.",
+        "Empty keeps each model's default (the DNN's shrinks on a small slice, so an epoch keeps "
+        "enough steps); the global batch is this times the replicas.",
         "Training",
     ),
     "learning_rate": Param(

@@ -5,6 +5,9 @@
     local_cluster.py down [--home DIR]    stop every process `up` started, by PID; leave none behind
     local_cluster.py status [--home DIR]  print the cluster's state file
 
+`up --owner-pid PID` also starts a watcher that takes the cluster down once process PID has ended
+(a test run that is killed leaves no scheduler or worker behind to serve the next one's queue).
+
 Metadata database: PostgreSQL at 127.0.0.1:5432 (a database of its own, recreated on `up`).
 Executor: CeleryExecutor with Redis at 127.0.0.1:6379 (a database number of its own) as broker.
 Processes: scheduler, dag-processor, api-server, triggerer, a Celery worker on queue `default` and
@@ -37,6 +40,7 @@ REDIS = "redis://127.0.0.1:6379"
 BUCKET = "mnist-registry"
 TRAIN_QUEUE = "gpu"
 HEALTH_TIMEOUT_S = 300
+WATCH_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -271,6 +275,35 @@ def up(home: Path, database: str, redis_db: int, gpus: int) -> Cluster:
     return cluster
 
 
+def start_watcher(home: Path, owner_pid: int) -> None:
+    """A detached `watch` process; it is not one of the cluster's own, so `down` leaves it to end
+    by itself once the state file is gone."""
+    log = open(home / "logs" / "watcher.log", "ab")  # noqa: SIM115 - the child keeps it
+    command = [sys.executable, __file__, "watch", "--home", str(home), "--owner-pid", str(owner_pid)]
+    subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def watch(home: Path, owner_pid: int) -> None:
+    """Take the cluster down once process `owner_pid` has ended; return when `down` ran already."""
+    while state_file(home).exists():
+        if not process_exists(owner_pid):
+            print(f"process {owner_pid} ended; taking the cluster down", flush=True)
+            left = down(home)
+            print(f"still running: {left}" if left else "cluster down: no process left", flush=True)
+            return
+        time.sleep(WATCH_INTERVAL_S)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
 def running(cluster: Cluster) -> list[int]:
     return [pid for pid in cluster.pids.values() if alive(pid)]
 
@@ -330,14 +363,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "watch"])
     parser.add_argument("--home", type=Path, default=REPO / ".local" / "cluster")
     parser.add_argument("--database", default="mnist_airflow", help="PostgreSQL database (recreated)")
     parser.add_argument("--redis-db", type=int, default=5, help="Redis database number (flushed)")
     parser.add_argument("--gpus", type=int, default=1, help="slots of the `gpu` pool and worker")
+    parser.add_argument("--owner-pid", type=int, help="take the cluster down when this process ends")
     args = parser.parse_args(argv)
-    if args.command == "up":
+    if args.command == "watch":
+        if args.owner_pid is None:
+            parser.error("watch needs --owner-pid")
+        watch(args.home, args.owner_pid)
+    elif args.command == "up":
         cluster = up(args.home, args.database, args.redis_db, args.gpus)
+        if args.owner_pid is not None:
+            start_watcher(args.home.resolve(), args.owner_pid)
         print(f"cluster up: {cluster.api_url} (user {cluster.username}, password in {state_file(args.home)})")
         print(f"registry {cluster.registry_uri} on {cluster.gcs_url}; logs in {args.home / 'logs'}")
     elif args.command == "down":

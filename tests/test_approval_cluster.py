@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.test_cluster import SCRIPT, Api
+from tests import test_cluster
+from tests.test_cluster import Api
 
 pytestmark = pytest.mark.slow
 TINY_APPROVED_RUN = {
@@ -39,9 +39,7 @@ TRAINING, EXPORT = "mnist_training", "mnist_serving_export"
 
 def cluster_command(command: str, home: Path) -> subprocess.CompletedProcess:
     # A database and broker number of their own: neither a developer's cluster nor test_cluster's.
-    args = [sys.executable, str(SCRIPT), command, "--home", str(home)]
-    args += ["--database", "mnist_airflow_approval", "--redis-db", "7"]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    return test_cluster.cluster_command(command, home, "mnist_airflow_approval", redis_db=7)
 
 
 @pytest.fixture(scope="module")

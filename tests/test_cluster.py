@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,10 +27,14 @@ RUN_TIMEOUT_S = 900
 SMALL_RUN = {"max_train_images": 6000, "epochs": 2}
 
 
-def cluster_command(command: str, home: Path) -> subprocess.CompletedProcess:
+def cluster_command(
+    command: str, home: Path, database: str = "mnist_airflow_test", redis_db: int = 6
+) -> subprocess.CompletedProcess:
     # A database and broker number of its own: a developer's cluster stays untouched.
     args = [sys.executable, str(SCRIPT), command, "--home", str(home)]
-    args += ["--database", "mnist_airflow_test", "--redis-db", "6"]
+    args += ["--database", database, "--redis-db", str(redis_db)]
+    if command == "up":  # down by itself if this test run is killed before its teardown
+        args += ["--owner-pid", str(os.getpid())]
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=os.environ.copy())
 
 
@@ -112,3 +117,44 @@ def test_a_run_triggered_through_the_rest_api_trains_on_the_gpu_worker(
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{cluster['gcs_port']}")
     champion = ModelRegistry(open_storage(cluster["registry"])).champion()
     assert champion is not None and champion.run_id == run["dag_run_id"]
+
+
+def test_a_cluster_whose_owner_died_is_taken_down_by_its_watcher(tmp_path: Path) -> None:
+    """A stand-in cluster (one process group that outlived its starter, as `up` leaves them)
+    watched for an owner process: when the owner ends, the watcher stops the group and removes
+    the state file."""
+    started = subprocess.run(
+        ["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 & echo $!"],
+        env=os.environ | {"MNIST_CLUSTER_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    member = int(started.stdout)
+    owner = subprocess.Popen(["sleep", "600"])
+    (tmp_path / "logs").mkdir()
+    state = {"home": str(tmp_path), "database": "unused", "redis_db": 0, "gpus": 0, "pids": {"x": member}}
+    (tmp_path / "cluster.json").write_text(json.dumps(state))
+    command = [sys.executable, str(SCRIPT), "watch", "--home", str(tmp_path), "--owner-pid", str(owner.pid)]
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert alive(member) and watcher.poll() is None, "taken down while its owner lives"
+        owner.kill()
+        owner.wait()
+        stdout, _ = watcher.communicate(timeout=60)
+        assert "no process left" in stdout and not alive(member)
+        assert not (tmp_path / "cluster.json").exists()
+    finally:
+        owner.kill()
+        watcher.kill()
+        if alive(member):
+            os.kill(member, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

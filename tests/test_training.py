@@ -84,6 +84,44 @@ def test_weight_averaging_never_outlasts_a_twentieth_of_the_run(
     assert _ema_momentum(horizon, planned) == pytest.approx(momentum)
 
 
+@pytest.mark.parametrize(
+    ("train_images", "replicas", "batch"),
+    [(54_000, 1, 512), (27_000, 2, 256), (4_500, 1, 64), (1_000, 1, 32), (10, 1, 32)],
+)
+def test_the_dnn_batch_halves_until_an_epoch_has_enough_steps(
+    train_images: int, replicas: int, batch: int
+) -> None:
+    from mnist_pipeline.training.architectures import DnnConfig
+    from mnist_pipeline.training.trainer import fit_batch_to_data
+
+    default = DnnConfig()
+    fitted = fit_batch_to_data(default, train_images, replicas)
+    assert fitted.batch_size == batch
+    assert fitted.learning_rate == pytest.approx(default.learning_rate * (batch / default.batch_size) ** 0.5)
+    if batch > 32:
+        assert -(-train_images // (batch * replicas)) >= default.min_steps_per_epoch
+    assert fitted.hidden_units == default.hidden_units and fitted.epochs == default.epochs
+
+
+def test_a_model_without_a_step_floor_keeps_its_batch_on_any_slice() -> None:
+    from mnist_pipeline.training.architectures import CnnConfig
+    from mnist_pipeline.training.trainer import fit_batch_to_data
+
+    assert fit_batch_to_data(CnnConfig(), 100) == CnnConfig()
+
+
+@pytest.mark.slow
+def test_a_batch_the_run_sets_is_kept_on_a_small_slice(mnist: MnistData) -> None:
+    from mnist_pipeline.training.architectures import DnnConfig
+
+    train, val = split_validation(mnist.x_train[:1000], mnist.y_train[:1000], 0.1, seed=1)
+    chosen = train_model("dnn", train, val, TrainConfig(epochs=1, batch_size=256))
+    fitted = train_model("dnn", train, val, TrainConfig(epochs=1))
+    assert chosen.global_batch_size == 256 * chosen.replicas
+    assert chosen.model_config.learning_rate == DnnConfig().learning_rate
+    assert fitted.global_batch_size == 32 * fitted.replicas and fitted.model_config.batch_size == 32
+
+
 def test_auto_precision_follows_the_hardware() -> None:
     import tensorflow as tf
 
@@ -127,7 +165,9 @@ def test_mixed_precision_trains_in_float16_and_answers_in_float32(mnist: MnistDa
     import keras
 
     train, val = split_validation(mnist.x_train[:2000], mnist.y_train[:2000], 0.1, seed=1)
-    result = train_model("cnn", train, val, TrainConfig(epochs=2, batch_size=32, precision="mixed_float16"))
+    # One convolution per block: the CPU emulates float16, and this test is about precision.
+    config = TrainConfig(epochs=2, batch_size=32, precision="mixed_float16")
+    result = train_model("cnn", train, val, config, model_settings={"convs_per_block": 1})
     conv = next(layer for layer in result.model.layers if isinstance(layer, keras.layers.Conv2D))
     assert result.precision == "mixed_float16" and conv.compute_dtype == "float16"
     assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -136,3 +176,31 @@ def test_mixed_precision_trains_in_float16_and_answers_in_float32(mnist: MnistDa
     assert evaluate_model(result.model, mnist.x_test[:2000], mnist.y_test[:2000])["accuracy"] > 0.8
     # The process-wide policy is back, so the next model trained in this worker is float32.
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_smoothed_loss_is_cross_entropy_against_softened_one_hot_targets() -> None:
+    import keras
+
+    from mnist_pipeline.training.losses import SmoothedSparseCrossentropy
+
+    labels = np.array([3, 0, 9])
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=3).astype("float32")
+    targets = np.full((3, 10), 0.1 / 10) + 0.9 * np.eye(10)[labels]
+    expected = -(targets * np.log(probabilities)).sum(axis=1).mean()
+    assert float(SmoothedSparseCrossentropy(0.1)(labels, probabilities)) == pytest.approx(expected, rel=1e-5)
+    plain = float(keras.losses.SparseCategoricalCrossentropy()(labels, probabilities))
+    assert float(SmoothedSparseCrossentropy(0.0)(labels, probabilities)) == pytest.approx(plain, rel=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        SmoothedSparseCrossentropy(1.0)
+
+
+def test_the_cnn_trains_on_smoothed_labels_and_its_archive_loads_in_safe_mode() -> None:
+    from mnist_pipeline.training.architectures import CnnConfig, LinearConfig
+    from mnist_pipeline.training.model_io import load_model_bytes, model_to_bytes
+    from mnist_pipeline.training.trainer import _compiled_model
+
+    cnn = _compiled_model("cnn", CnnConfig(), steps_per_epoch=10, ema_momentum=0.0)
+    assert cnn.loss.label_smoothing == CnnConfig().label_smoothing > 0
+    assert _compiled_model("linear", LinearConfig(), 10, 0.0).loss == "sparse_categorical_crossentropy"
+    loaded = load_model_bytes(model_to_bytes(cnn))
+    assert loaded.loss.label_smoothing == cnn.loss.label_smoothing

@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     train = steps.add_parser("train", help="train one model on the run's snapshot")
     train.add_argument("model", help=f"one of: {', '.join(MODEL_NAMES)}")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        help="per replica (default: the model's own; the DNN's halves on a small slice so that an "
+        "epoch keeps 50 steps)",
+    )
     train.add_argument("--learning-rate", type=float)
     train.add_argument(
         "--precision",

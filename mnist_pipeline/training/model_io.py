@@ -25,6 +25,8 @@ def load_model_bytes(data: bytes) -> keras.Model:
     """Load a `.keras` archive with `safe_mode=True`: no arbitrary code (lambdas) is deserialised."""
     import keras
 
+    import mnist_pipeline.training.losses  # noqa: F401 - registers the loss a model may be compiled with
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         path.write_bytes(data)

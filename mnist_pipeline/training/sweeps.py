@@ -42,9 +42,11 @@ _BOUNDS: dict[str, dict[str, float]] = {
     "batch_size": {"minimum": 1, "maximum": 65536},
     "learning_rate": {"exclusiveMinimum": 0, "maximum": 1},
     "ema_horizon_steps": {"minimum": 0, "maximum": 1_000_000},
+    "min_steps_per_epoch": {"minimum": 0, "maximum": 1_000_000},
     "warm_start_epochs": {"minimum": 1, "maximum": 1000},
     "warm_start_rate_scale": {"exclusiveMinimum": 0, "maximum": 1},
-    "dropout": {"minimum": 0, "exclusiveMaximum": 1},  # Keras' Dropout takes a rate in [0, 1)
+    "dropout": {"minimum": 0, "exclusiveMaximum": 1},
+    "label_smoothing": {"minimum": 0, "exclusiveMaximum": 1},  # Keras' Dropout takes a rate in [0, 1)
     "max_shift": {"minimum": 0, "maximum": 1},  # a fraction of the image
     "max_rotation": {"minimum": 0, "maximum": 1},  # a fraction of a full turn
     "dense_units": {"minimum": 1, "maximum": 8192},

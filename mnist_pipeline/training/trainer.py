@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TrainResult",
     "cpu_has_bfloat16_matrix_units",
+    "fit_batch_to_data",
     "make_strategy",
     "resolve_model_config",
     "resolve_precision",
@@ -118,6 +119,23 @@ def resolve_model_config(
     return get_model_spec(name).config(**(overrides | dict(model_settings or {})))
 
 
+def fit_batch_to_data(config: ModelConfig, train_images: int, replicas: int = 1) -> ModelConfig:
+    """`config` with its batch halved until an epoch over `train_images` has at least
+    `config.min_steps_per_epoch` steps (never below 32 per replica), and its rate scaled by the
+    square root of the shrink, as Adam's normalised steps want; `config` itself when it fits."""
+    batch = config.batch_size
+    while batch >= 64 and math.ceil(train_images / (batch * replicas)) < config.min_steps_per_epoch:
+        batch //= 2
+    if batch == config.batch_size:
+        return config
+    rate = config.learning_rate * math.sqrt(batch / config.batch_size)
+    log.info(
+        "batch %d per replica instead of %d (rate %.2g) so an epoch over %d images has %d steps or more",
+        batch, config.batch_size, rate, train_images, config.min_steps_per_epoch,
+    )
+    return replace(config, batch_size=batch, learning_rate=rate)
+
+
 @dataclass
 class TrainResult:
     model: keras.Model
@@ -159,6 +177,8 @@ def train_model(
     model_config = resolve_model_config(name, train_config, model_settings)
     keras.utils.set_random_seed(train_config.seed)
     strategy = make_strategy()
+    if train_config.batch_size is None and "batch_size" not in (model_settings or {}):
+        model_config = fit_batch_to_data(model_config, len(train_data[1]), strategy.num_replicas_in_sync)
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
     precision = resolve_precision(train_config.precision, model_config)
@@ -211,6 +231,8 @@ def _compiled_model(
     """
     import keras
 
+    from mnist_pipeline.training.losses import training_loss
+
     model = get_model_spec(name).builder(model_config)
     model.compile(
         optimizer=keras.optimizers.Adam(
@@ -218,7 +240,7 @@ def _compiled_model(
             use_ema=ema_momentum > 0,
             ema_momentum=ema_momentum or 0.99,  # Keras checks the value even when averaging is off
         ),
-        loss="sparse_categorical_crossentropy",
+        loss=training_loss(model_config.label_smoothing),
         metrics=["accuracy"],
     )
     return model
