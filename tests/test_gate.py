@@ -68,6 +68,15 @@ def test_a_challenger_better_overall_but_worse_on_one_digit_is_refused_naming_it
     assert verdict.recall_drops["7"] == pytest.approx(0.015)
 
 
+def test_an_overwhelmingly_better_challenger_whose_p_value_underflows_is_promoted() -> None:
+    # The champion misses 200 images of every digit, the challenger none: McNemar's exact p-value
+    # for b=0, c=2000 is 2 / 2**2000, below the smallest float.
+    champion_wrong = np.concatenate([digit_indices(digit, 200) for digit in range(10)])
+    verdict = judge([mnist_test(np.array([], dtype=int), champion_wrong)], GateConfig())
+    assert verdict.p_value == 0.0 and verdict.slices[0].adjusted_p_value == 0.0
+    assert_promoted(verdict)
+
+
 def test_a_recall_drop_within_the_limit_does_not_block() -> None:
     sevens = digit_indices(7, 8 + 9)  # 0.9 points of digit 7's recall
     assert_promoted(judge([mnist_test(sevens, CHAMPION_WRONG)], GateConfig()))

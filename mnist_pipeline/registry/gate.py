@@ -213,7 +213,9 @@ def _paired(slices: list[Slice], config: GateConfig) -> list[SliceVerdict]:
     """Every slice's figures; Holm's correction over the slices large enough to decide."""
     raw = [_slice_figures(piece, config) for piece in slices if piece.champion is not None]
     deciding = [i for i, verdict in enumerate(raw) if verdict.decides]
-    adjusted = dict(zip(deciding, holm([raw[i].p_value or 1.0 for i in deciding]), strict=True))
+    # A p-value of 0.0 is real: an overwhelming difference underflows the float (2 / 2**2000).
+    p_values = [1.0 if raw[i].p_value is None else raw[i].p_value for i in deciding]
+    adjusted = dict(zip(deciding, holm(p_values), strict=True))
     judged = []
     for i, verdict in enumerate(raw):
         p = adjusted.get(i)
