@@ -213,6 +213,8 @@ def wait_for(what: str, ready, timeout_s: float, cluster: Cluster | None = None)
 
 
 def raise_if_any_died(cluster: Cluster) -> None:
+    if not state_file(Path(cluster.home)).exists():
+        raise RuntimeError(f"the cluster at {cluster.home} was taken down while it started")
     for name, pid in cluster.pids.items():
         if not alive(pid):
             log = Path(cluster.home) / "logs" / f"{name}.log"
@@ -254,13 +256,15 @@ def prepare(cluster: Cluster) -> None:
     subprocess.run([str(BIN / "airflow"), "pools", "set", *pool], **run)
 
 
-def up(home: Path, database: str, redis_db: int, gpus: int) -> Cluster:
+def up(home: Path, database: str, redis_db: int, gpus: int, owner_pid: int | None = None) -> Cluster:
     if state_file(home).exists() and running(Cluster.load(home)):
         raise SystemExit(f"a cluster is already running from {home}; run `down` first")
     home.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(str(home.resolve()), database, redis_db, gpus, free_port(), free_port())
     cluster.password, cluster.secret = secrets.token_urlsafe(12), secrets.token_urlsafe(32)
     cluster.save()
+    if owner_pid is not None:  # before any process starts: an owner killed mid-start leaves none
+        start_watcher(home.resolve(), owner_pid)
     try:
         prepare(cluster)
         start_gcs(cluster)
@@ -278,6 +282,7 @@ def up(home: Path, database: str, redis_db: int, gpus: int) -> Cluster:
 def start_watcher(home: Path, owner_pid: int) -> None:
     """A detached `watch` process; it is not one of the cluster's own, so `down` leaves it to end
     by itself once the state file is gone."""
+    (home / "logs").mkdir(parents=True, exist_ok=True)
     log = open(home / "logs" / "watcher.log", "ab")  # noqa: SIM115 - the child keeps it
     command = [sys.executable, __file__, "watch", "--home", str(home), "--owner-pid", str(owner_pid)]
     subprocess.Popen(
@@ -375,9 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("watch needs --owner-pid")
         watch(args.home, args.owner_pid)
     elif args.command == "up":
-        cluster = up(args.home, args.database, args.redis_db, args.gpus)
-        if args.owner_pid is not None:
-            start_watcher(args.home.resolve(), args.owner_pid)
+        cluster = up(args.home, args.database, args.redis_db, args.gpus, args.owner_pid)
         print(f"cluster up: {cluster.api_url} (user {cluster.username}, password in {state_file(args.home)})")
         print(f"registry {cluster.registry_uri} on {cluster.gcs_url}; logs in {args.home / 'logs'}")
     elif args.command == "down":
