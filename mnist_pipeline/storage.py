@@ -263,10 +263,16 @@ class GcsStorage(Storage):
         # Unconditional writes are retried too: every key the pipeline writes this way gets the
         # same bytes on a repeat (content-named versions, per-run artifacts), so a repeat is harmless.
         with self._reaching(key):
-            try:
-                self.bucket.blob(self._name(key)).upload_from_string(data, retry=_retry())
-            except exceptions.NotFound:
-                raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
+            for _ in range(_SESSION_RESTARTS + 1):
+                try:
+                    self.bucket.blob(self._name(key)).upload_from_string(data, retry=_retry())
+                    return
+                except exceptions.NotFound:
+                    # Over 8 MiB the client uploads in a resumable session, which a server restart
+                    # forgets (404 on the session): start over while the bucket is there.
+                    if not self.bucket.exists(retry=_retry()):
+                        raise StorageError(f"bucket gs://{self.bucket_name} does not exist") from None
+            raise StorageError(f"{self.uri(key)}: the upload session was lost {_SESSION_RESTARTS + 1} times")
 
     def exists(self, key: str) -> bool:
         with self._reaching(key):
@@ -398,6 +404,9 @@ class CountingStorage(Storage):
 
     def copy(self, source: str, target: str) -> None:
         self._count("copy", source, target)
+
+
+_SESSION_RESTARTS = 2  # a large upload started over after the server forgot its session
 
 
 def _retry() -> Any:
