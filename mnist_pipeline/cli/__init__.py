@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.errors import MnistPipelineError
-from mnist_pipeline.training.architectures import MODEL_NAMES
+from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS
 
 if TYPE_CHECKING:  # the registry is imported when a registry command runs, not at every start
     from mnist_pipeline.registry.store import ModelRegistry
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         help="per replica (default: the model's own; the DNN's halves on a small slice so that an "
-        "epoch keeps 50 steps)",
+        f"epoch keeps {MODELS['dnn'].config().min_steps_per_epoch} steps)",
     )
     train.add_argument("--learning-rate", type=float)
     train.add_argument(

@@ -45,8 +45,8 @@ _BOUNDS: dict[str, dict[str, float]] = {
     "min_steps_per_epoch": {"minimum": 0, "maximum": 1_000_000},
     "warm_start_epochs": {"minimum": 1, "maximum": 1000},
     "warm_start_rate_scale": {"exclusiveMinimum": 0, "maximum": 1},
-    "dropout": {"minimum": 0, "exclusiveMaximum": 1},
-    "label_smoothing": {"minimum": 0, "exclusiveMaximum": 1},  # Keras' Dropout takes a rate in [0, 1)
+    "dropout": {"minimum": 0, "exclusiveMaximum": 1},  # Keras' Dropout takes a rate in [0, 1)
+    "label_smoothing": {"minimum": 0, "exclusiveMaximum": 1},
     "max_shift": {"minimum": 0, "maximum": 1},  # a fraction of the image
     "max_rotation": {"minimum": 0, "maximum": 1},  # a fraction of a full turn
     "dense_units": {"minimum": 1, "maximum": 8192},
