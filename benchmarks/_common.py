@@ -57,11 +57,21 @@ def throwaway_airflow_env(tmp: str, **extra: str) -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     return {
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (results differ between CPUs of one core count); "" where unknown."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.partition(":")[2].strip() for line in lines if line.startswith("model name")), "")
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -176,9 +176,9 @@ PARAMS = {
         type="string",
         enum=list(PRECISIONS),
         title="Precision",
-        description="auto: mixed_float16 on GPU workers; on CPUs with bfloat16 matrix units (Intel AMX)"
-        " mixed_bfloat16 for the CNN, float32 for the others; float32 on other CPUs. Or force a Keras"
-        " dtype policy.",
+        description="auto: mixed_float16 on GPU workers; on CPUs that multiply bfloat16 in hardware"
+        " (AMX or AVX-512 BF16) mixed_bfloat16 for the CNN, float32 for the others; float32 on other"
+        " CPUs. Or force a Keras dtype policy.",
         section="Training",
     ),
     "max_train_images": Param(

@@ -126,13 +126,13 @@ def test_auto_precision_follows_the_hardware() -> None:
     import tensorflow as tf
 
     from mnist_pipeline.training.architectures import get_model_spec
-    from mnist_pipeline.training.trainer import cpu_has_bfloat16_matrix_units, resolve_precision
+    from mnist_pipeline.training.trainer import cpu_multiplies_bfloat16, resolve_precision
 
     cnn, dnn = get_model_spec("cnn").config(), get_model_spec("dnn").config()
     if tf.config.list_physical_devices("GPU"):
         assert resolve_precision("auto", cnn) == resolve_precision("auto", dnn) == "mixed_float16"
     else:
-        expected = "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
+        expected = "mixed_bfloat16" if cpu_multiplies_bfloat16() else "float32"
         assert resolve_precision("auto", cnn) == expected
         assert resolve_precision("auto", dnn) == resolve_precision("auto") == "float32"
     assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
@@ -143,8 +143,9 @@ def test_auto_precision_follows_the_hardware() -> None:
     ("cpuinfo", "expected"),
     [
         ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n", True),
-        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", False),  # bfloat16 emulated
-        ("processor\t: 0\nflags\t\t: fpu sse2 amx_bf16x\n", False),  # a whole flag, not a prefix
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # Zen 4
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),  # bfloat16 emulated
+        ("processor\t: 0\nflags\t\t: fpu sse2 amx_bf16x avx512_bf16_\n", False),  # whole flags, not prefixes
         ("processor\t: 0\n", False),
         (None, False),  # no /proc/cpuinfo (not Linux)
     ],
@@ -152,12 +153,12 @@ def test_auto_precision_follows_the_hardware() -> None:
 def test_bfloat16_only_where_the_cpu_multiplies_it_in_hardware(
     tmp_path: Path, cpuinfo: str | None, expected: bool
 ) -> None:
-    from mnist_pipeline.training.trainer import cpu_has_bfloat16_matrix_units
+    from mnist_pipeline.training.trainer import cpu_multiplies_bfloat16
 
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
         path.write_text(cpuinfo)
-    assert cpu_has_bfloat16_matrix_units(path) is expected
+    assert cpu_multiplies_bfloat16(path) is expected
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--precision",
         default="auto",
-        help="auto (mixed_float16 on GPU, mixed_bfloat16 for the CNN on AMX CPUs) or a Keras dtype policy",
+        help="auto (mixed_float16 on GPU, mixed_bfloat16 for the CNN on CPUs with AMX or AVX-512 BF16)"
+        " or a Keras dtype policy",
     )
     train.add_argument(
         "--warm-start",

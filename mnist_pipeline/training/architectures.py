@@ -50,8 +50,8 @@ class ModelConfig:
     # at a lower peak rate keeps what the champion knew while it takes in the new data.
     warm_start_epochs: int = 3
     warm_start_rate_scale: float = 0.3
-    # Whether precision "auto" trains it in bfloat16 on a CPU with bfloat16 matrix units. It pays
-    # where convolutions dominate the step; a dense model's step is mostly fixed cost, and
+    # Whether precision "auto" trains it in bfloat16 on a CPU that multiplies bfloat16 in hardware.
+    # It pays where convolutions dominate the step; a dense model's step is mostly fixed cost, and
     # bfloat16's short mantissa costs it accuracy. Not a setting: sweeps and runs cannot set it.
     bfloat16_on_cpu: ClassVar[bool] = False
 

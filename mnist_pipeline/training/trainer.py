@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from mnist_pipeline.training.checkpoint import ArtifactCheckpoint
 
 __all__ = [
+    "BFLOAT16_CPU_FLAGS",
     "TrainResult",
-    "cpu_has_bfloat16_matrix_units",
+    "cpu_flags",
+    "cpu_multiplies_bfloat16",
     "fit_batch_to_data",
     "make_strategy",
     "resolve_model_config",
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flags of the instructions oneDNN multiplies bfloat16 with.
+BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def make_strategy() -> tf.distribute.Strategy:
@@ -56,7 +61,7 @@ def make_strategy() -> tf.distribute.Strategy:
 
 def resolve_precision(requested: str, model_config: ModelConfig | None = None) -> str:
     """The Keras dtype policy for `requested`; "auto" is mixed_float16 on GPUs, mixed_bfloat16 on
-    CPUs with bfloat16 matrix units (Intel AMX) for models whose config asks for it, float32
+    CPUs that multiply bfloat16 in hardware for models whose config asks for it, float32
     otherwise."""
     import tensorflow as tf
 
@@ -65,19 +70,25 @@ def resolve_precision(requested: str, model_config: ModelConfig | None = None) -
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
     wanted = model_config is not None and model_config.bfloat16_on_cpu
-    return "mixed_bfloat16" if wanted and cpu_has_bfloat16_matrix_units() else "float32"
+    return "mixed_bfloat16" if wanted and cpu_multiplies_bfloat16() else "float32"
 
 
-def cpu_has_bfloat16_matrix_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16), where oneDNN runs the
-    convolutions and dense layers several times faster than in float32. Elsewhere bfloat16 is
+def cpu_multiplies_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware: AMX-BF16 tiles (Intel Sapphire Rapids and
+    later) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake), on which oneDNN
+    runs the convolutions and dense layers faster than in float32. Elsewhere bfloat16 is
     emulated, and slower."""
+    return not BFLOAT16_CPU_FLAGS.isdisjoint(cpu_flags(cpuinfo))
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags; none where `cpuinfo` cannot be read (not Linux: no way to tell)."""
     try:
         with cpuinfo.open() as lines:
             flags = next((line for line in lines if line.startswith("flags")), "")
     except OSError:
-        return False  # not Linux: no way to tell, so no bfloat16
-    return "amx_bf16" in flags.split()
+        return frozenset()
+    return frozenset(flags.partition(":")[2].split())
 
 
 @contextmanager
