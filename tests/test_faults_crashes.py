@@ -184,6 +184,47 @@ def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
     fault_ledger.survived(f"GCS outage during the {moment}")
 
 
+def restart_after_session_start(
+    server: RestartableGcsServer, times: int, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """Restart `server` right after each of the next `times` resumable upload sessions starts, so
+    the server forgets the session before its bytes arrive, as a restart mid-upload does."""
+    from google.cloud.storage import Blob
+
+    start_session = Blob._initiate_resumable_upload
+    restarts: list[int] = []
+
+    def start_then_restart(blob: Blob, *args: Any, **kwargs: Any) -> Any:
+        session = start_session(blob, *args, **kwargs)
+        if len(restarts) < times:
+            server.kill()
+            server.start()
+            restarts.append(1)
+        return session
+
+    monkeypatch.setattr(Blob, "_initiate_resumable_upload", start_then_restart)
+    return restarts
+
+
+@pytest.mark.parametrize(("restarts", "stored"), [(1, True), (3, False)])
+def test_a_large_upload_whose_session_a_server_restart_forgot_starts_over(
+    restarts: int, stored: bool, fault_gcs: RestartableGcsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_pipeline.errors import StorageError
+
+    storage = open_storage(new_bucket_uri("large"))
+    data = os.urandom(9 * 1024 * 1024)  # over 8 MiB: google-cloud-storage uploads it resumably
+    done = restart_after_session_start(fault_gcs, restarts, monkeypatch)
+    if stored:
+        storage.write_bytes("model.keras", data)
+        assert storage.read_bytes("model.keras") == data
+    else:  # a server that forgets every session: a clear error, not "bucket missing", nothing stored
+        with pytest.raises(StorageError, match="upload session was lost 3 times"):
+            storage.write_bytes("model.keras", data)
+        assert not storage.exists("model.keras")
+    assert len(done) == restarts
+
+
 def test_a_promotion_killed_after_upload_never_exposes_its_half_version(
     fault_gcs: RestartableGcsServer,
     registry_with_champion: str,

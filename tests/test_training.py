@@ -205,3 +205,32 @@ def test_the_cnn_trains_on_smoothed_labels_and_its_archive_loads_in_safe_mode() 
     assert _compiled_model("linear", LinearConfig(), 10, 0.0).loss == "sparse_categorical_crossentropy"
     loaded = load_model_bytes(model_to_bytes(cnn))
     assert loaded.loss.label_smoothing == cnn.loss.label_smoothing
+
+
+def test_a_trained_models_archive_keeps_weights_and_compile_settings_but_not_the_optimizer_state(
+    mnist: MnistData,
+) -> None:
+    import io
+    import zipfile
+
+    import keras
+
+    from mnist_pipeline.training.architectures import DnnConfig
+    from mnist_pipeline.training.model_io import load_model_bytes, model_to_bytes
+    from mnist_pipeline.training.trainer import _compiled_model
+
+    dnn = _compiled_model("dnn", DnnConfig(), steps_per_epoch=2, ema_momentum=0.9)
+    dnn.fit(mnist.x_train[:1024], mnist.y_train[:1024], batch_size=512, epochs=1, verbose=0)
+    weights_bytes = sum(w.nbytes for w in dnn.get_weights())
+
+    archive = model_to_bytes(dnn)
+    stored = sum(item.file_size for item in zipfile.ZipFile(io.BytesIO(archive)).infolist())
+    assert stored < 1.1 * weights_bytes  # Adam's two moments and the averaged weights would triple it
+
+    loaded = load_model_bytes(archive)
+    digits = mnist.x_test[:64]
+    np.testing.assert_array_equal(loaded.predict(digits, verbose=0), dnn.predict(digits, verbose=0))
+    assert loaded.loss.label_smoothing == DnnConfig().label_smoothing
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam) and loaded.optimizer.use_ema
+    scores = loaded.evaluate(digits, mnist.y_test[:64], verbose=0, return_dict=True)
+    assert set(scores) == {"loss", "accuracy"}

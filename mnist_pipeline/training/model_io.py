@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,26 @@ __all__ = ["export_saved_model", "load_model_bytes", "model_to_bytes"]
 
 
 def model_to_bytes(model: keras.Model) -> bytes:
+    """A `.keras` archive of `model`'s architecture, weights and compile settings, without its
+    optimizer's state: Adam's moments and the averaged weights are training state, twice to three
+    times the weights' size, and evaluation, serving and warm starts read only the weights."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
-        model.save(path)
+        _without_optimizer_state(model).save(path)
         return path.read_bytes()
+
+
+def _without_optimizer_state(model: keras.Model) -> keras.Model:
+    """A copy of a compiled `model` with its weights, compiled as it was with a fresh optimizer
+    (one that has not built its variables); an uncompiled `model` itself."""
+    import keras
+
+    if not model.compiled:
+        return model
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    copy.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
+    return copy
 
 
 def load_model_bytes(data: bytes) -> keras.Model:
@@ -31,7 +48,10 @@ def load_model_bytes(data: bytes) -> keras.Model:
         path = Path(tmp) / "model.keras"
         path.write_bytes(data)
         try:
-            return keras.saving.load_model(path, safe_mode=True)
+            with warnings.catch_warnings():
+                # Archives carry no optimizer state (see model_to_bytes), which Keras would report.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                return keras.saving.load_model(path, safe_mode=True)
         except ValueError as exc:
             if "safe_mode" not in str(exc):
                 raise
