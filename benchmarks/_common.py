@@ -66,12 +66,10 @@ def machine() -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (results differ between CPUs of one core count); "" where unknown."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((line.partition(":")[2].strip() for line in lines if line.startswith("model name")), "")
+    """The CPU's model name (results differ between CPUs of one core count)."""
+    from mnist_pipeline.training.trainer import cpuinfo_field
+
+    return cpuinfo_field("model name") or platform.processor()
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -23,18 +23,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import machine, mnist_source, write_result
+from _common import cpu_model, mnist_source, write_result
+
+from mnist_pipeline.data.mnist import MnistData, load_mnist
 
 POLICIES = ("float32", "mixed_bfloat16")
 EPOCHS = 3
 
 
-def step_seconds(policy: str, steps: int) -> tuple[list[float], int]:
+def step_seconds(policy: str, data: MnistData, steps: int) -> tuple[list[float], int]:
     """Seconds per step of each epoch after the first, and the global batch."""
     import keras
 
     from mnist_pipeline.config import TrainConfig
-    from mnist_pipeline.data.mnist import load_mnist
     from mnist_pipeline.training.architectures import get_model_spec
     from mnist_pipeline.training.trainer import train_model
 
@@ -51,7 +52,6 @@ def step_seconds(policy: str, steps: int) -> tuple[list[float], int]:
             if batch == steps - 1:
                 self.epochs.append((time.perf_counter() - self.started) / steps)
 
-    data = load_mnist(mnist_source())
     batch = get_model_spec("cnn").config().batch_size
     images, labels = data.x_train[: steps * batch], data.y_train[: steps * batch]
     validation = data.x_train[-1000:], data.y_train[-1000:]
@@ -71,7 +71,6 @@ def cpu_report() -> dict[str, object]:
     from mnist_pipeline.training.trainer import BFLOAT16_CPU_FLAGS, cpu_flags, resolve_precision
 
     return {
-        "cpu": machine()["cpu"],
         "bfloat16_flags": sorted(BFLOAT16_CPU_FLAGS & cpu_flags()),
         "auto_for_cnn": resolve_precision("auto", get_model_spec("cnn").config()),
     }
@@ -83,11 +82,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="training steps per epoch")
     args = parser.parse_args()
     cpu = cpu_report()
-    print(", ".join(f"{key}: {value}" for key, value in cpu.items()))
+    print(", ".join(f"{key}: {value}" for key, value in {"cpu": cpu_model(), **cpu}.items()))
+    data = load_mnist(mnist_source())
     seconds: dict[str, list[float]] = {policy: [] for policy in POLICIES}
     for _ in range(args.rounds):
         for policy in POLICIES:
-            epochs, batch = step_seconds(policy, args.steps)
+            epochs, batch = step_seconds(policy, data, args.steps)
             seconds[policy] += epochs
     rows = {
         policy: {

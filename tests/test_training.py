@@ -146,6 +146,7 @@ def test_auto_precision_follows_the_hardware() -> None:
         ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # Zen 4
         ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),  # bfloat16 emulated
         ("processor\t: 0\nflags\t\t: fpu sse2 amx_bf16x avx512_bf16_\n", False),  # whole flags, not prefixes
+        ("processor\t: 0\nvmx flags\t: avx512_bf16\nflags\t\t: fpu\n", False),  # the "flags" field only
         ("processor\t: 0\n", False),
         (None, False),  # no /proc/cpuinfo (not Linux)
     ],

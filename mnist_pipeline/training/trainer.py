@@ -33,6 +33,7 @@ __all__ = [
     "TrainResult",
     "cpu_flags",
     "cpu_multiplies_bfloat16",
+    "cpuinfo_field",
     "fit_batch_to_data",
     "make_strategy",
     "resolve_model_config",
@@ -83,12 +84,21 @@ def cpu_multiplies_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The CPU's feature flags; none where `cpuinfo` cannot be read (not Linux: no way to tell)."""
+    return frozenset(cpuinfo_field("flags", cpuinfo).split())
+
+
+def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The value of the first CPU's `name` field ("flags", "model name"); "" where it has none or
+    `cpuinfo` cannot be read."""
     try:
         with cpuinfo.open() as lines:
-            flags = next((line for line in lines if line.startswith("flags")), "")
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
-        return frozenset()
-    return frozenset(flags.partition(":")[2].split())
+        pass
+    return ""
 
 
 @contextmanager
