@@ -32,16 +32,16 @@ def export() -> dict:
 
     from mnist_pipeline.config import settings
     from mnist_pipeline.errors import RegistryError
+    from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.registry.release import release_from_extras
     from mnist_pipeline.registry.serving_export import export_release
-    from mnist_pipeline.registry.store import ModelRegistry
     from mnist_pipeline.storage import open_storage
 
     events = get_current_context()["triggering_asset_events"].get(CHAMPION, [])
     oldest_first = sorted(events, key=lambda event: event.timestamp)  # several merged into one run
     try:
         release = release_from_extras([event.extra for event in oldest_first])
-        outcome = export_release(ModelRegistry(open_storage(settings().registry_uri)), release)
+        outcome = export_release(Registry(open_storage(settings().registry_uri)), release)
     except RegistryError as exc:  # a malformed event or a tampered file: a retry fails the same way
         raise AirflowFailException(str(exc)) from exc
     if outcome.number is None:

@@ -291,13 +291,20 @@ def _run_id() -> str:
 
 
 @contextmanager
-def _no_retry_on_bad_input() -> Iterator[None]:
+def _no_retry_on_bad_input(retry_on_conflict: bool = False) -> Iterator[None]:
     """Bad data, settings or registry contents fail the task at once: a retry would fail the same
-    way. Storage errors (a network blip) are left to Airflow's retries."""
-    from mnist_pipeline.errors import ConfigError, DataError, RegistryError
+    way. Storage errors (a network blip) are left to Airflow's retries, and so is a gate decision
+    refused because the champion moved since the gate: the retry judges against the new champion."""
+    from mnist_pipeline.errors import ConfigError, ConflictError, DataError, RegistryError
 
     try:
         yield
+    except ConflictError as exc:
+        if not retry_on_conflict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+        raise RuntimeError(f"{exc} (Airflow's retry re-runs the gate)") from exc
     except (ConfigError, DataError, RegistryError) as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -398,6 +405,7 @@ def _promotion_options() -> Any:
         trigger=_trigger_kind(context),
         run_conf=dict(params),
         approval=params.get("approval", "none") == "required",  # absent from runs before approvals
+        attempt=getattr(context["ti"], "try_number", None),
     )
 
 
@@ -412,7 +420,7 @@ def promote(evaluations: list[dict | None]) -> dict:
     from mnist_pipeline import lineage, steps
     from mnist_pipeline.evaluation.record import EvaluationRecord
 
-    with _no_retry_on_bad_input():
+    with _no_retry_on_bad_input(retry_on_conflict=True):
         records = [EvaluationRecord.from_dict(e, "an evaluate task's XCom") for e in evaluations if e]
         outcome = steps.promote(records, _settings(), _run_id(), _promotion_options())
         lineage.promoted(records, outcome, _settings())  # OpenLineage: the models in, the version out

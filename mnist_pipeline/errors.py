@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConflictError",
     "DataError",
     "MnistPipelineError",
     "RegistryError",
@@ -41,3 +42,8 @@ class StorageError(MnistPipelineError):
 
 class RegistryError(MnistPipelineError):
     """The model registry is missing something or holds something inconsistent."""
+
+
+class ConflictError(RegistryError):
+    """A registry change was refused because what it was based on moved since (optimistic
+    concurrency): the message says what moved, when and by whom. Nothing was written."""

@@ -27,10 +27,11 @@ from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.hashing import read_verified, sha256_hex
 from mnist_pipeline.registry.approval import ApprovalAnswer, decline_candidate, released
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.promotion import NEW_DATA_PREDICTIONS, PromotionOutcome, promote  # 4th step
 from mnist_pipeline.registry.records import HistoryEvent
 from mnist_pipeline.registry.release import Release
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import model_key, run_key, trial_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.training.architectures import MODEL_NAMES, get_model_spec
@@ -264,7 +265,7 @@ def _initialisation(
     from mnist_pipeline.training.model_io import load_model_bytes
     from mnist_pipeline.training.warm_start import weights_mismatch
 
-    registry = ModelRegistry(open_storage(settings.registry_uri))
+    registry = Registry(open_storage(settings.registry_uri))
     champion = registry.champion()
     if champion is None or champion.model != model_name:
         why = (
@@ -369,8 +370,8 @@ def release(
     outcome: PromotionOutcome, answer: ApprovalAnswer | None, settings: PipelineSettings, run_id: str
 ) -> Release | None:
     """What the `mnist_champion` asset announces: the version the gate made champion, or the
-    candidate a person approved (the champion moves now, by compare-and-swap). None: nothing moved."""
-    registry = ModelRegistry(open_storage(settings.registry_uri))
+    candidate a person approved (the champion moves now, in one commit of the log). None: nothing moved."""
+    registry = Registry(open_storage(settings.registry_uri))
     return released(registry, outcome, answer, run_id)
 
 
@@ -378,5 +379,5 @@ def decline(
     outcome: PromotionOutcome, answer: ApprovalAnswer, settings: PipelineSettings, run_id: str
 ) -> HistoryEvent:
     """A person rejected the run's candidate, or nobody answered in time: the champion stays."""
-    registry = ModelRegistry(open_storage(settings.registry_uri))
+    registry = Registry(open_storage(settings.registry_uri))
     return decline_candidate(registry, outcome, answer, run_id)

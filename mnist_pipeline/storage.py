@@ -85,6 +85,11 @@ class Storage(ABC):
         Returns False, writing nothing, when another writer got there first.
         """
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `data` only if nothing is stored at `key` yet; False, writing nothing, when
+        something is. The commit point of the registry's log."""
+        return self.write_if_generation(key, data, "0")
+
     @abstractmethod
     def modified_times(self, prefix: str = "") -> dict[str, float]:
         """Every key under `prefix` with its last write time (seconds since the epoch)."""
@@ -215,6 +220,24 @@ class LocalStorage(Storage):
                 return False
             self.write_bytes(key, data)
             return True
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        # A hard link from a complete temporary file: the object appears whole or not at all, and
+        # link() fails when the name exists, in one system call (no lock to outlive a killed writer).
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     @staticmethod
     def _read_with_token(path: Path) -> tuple[bytes | None, str]:
@@ -395,6 +418,9 @@ class CountingStorage(Storage):
 
     def write_if_generation(self, key: str, data: bytes, generation: str) -> bool:
         return self._count("write_if_generation", key, data, generation)
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        return self._count("create_if_absent", key, data)
 
     def modified_times(self, prefix: str = "") -> dict[str, float]:
         return self._count("modified_times", prefix)

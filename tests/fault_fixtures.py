@@ -170,6 +170,8 @@ def fault_runs(fault_runs_template: dict[str, Any], tmp_path: Path) -> dict[str,
 @pytest.fixture(scope="session")
 def champion_template(fault_gcs_server: RestartableGcsServer, fault_runs_template: dict[str, Any]) -> str:
     """A GCS registry whose champion is the weak linear model (forced in): clone it, never change it."""
+    from mnist_pipeline.registry.client import Registry
+    from mnist_pipeline.registry.history import list_events
     from mnist_pipeline.registry.promotion import PromotionOptions, promote
 
     with emulator_env(fault_gcs_server.url):
@@ -177,6 +179,10 @@ def champion_template(fault_gcs_server: RestartableGcsServer, fault_runs_templat
         settings = PipelineSettings(artifacts_uri=fault_runs_template["artifacts"], registry_uri=uri)
         evaluation = fault_runs_template["evaluations"]["run-champion"]
         assert promote([evaluation], settings, "run-champion", PromotionOptions(force=True)).promoted
+        registry = Registry(open_storage(uri))
+        champion = registry.champion()  # the tests build on it: one champion, one history event
+        assert champion is not None and champion.run_id == "run-champion"
+        assert [event.run_id for event in list_events(registry)] == ["run-champion"]
     return uri
 
 

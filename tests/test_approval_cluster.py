@@ -1,12 +1,13 @@
 """Promotion as a release on the native cluster (`scripts/local_cluster.py`: PostgreSQL, Celery on
 Redis, fake-gcs-server), driven only through the REST API, as a person and a deploy job see it.
 
-A run triggered with `approval=required` waits in its approval task while `champion.json` stays
-as it was; approving it through the API moves the champion, history names the approver, exactly
-one `mnist_champion` event appears and `mnist_serving_export` runs on it and writes the serving
-copy. A second run, rejected, moves nothing and emits nothing; nor does a third that nobody
-answers before its timeout. Each run is a tiny linear model
-(2,000 images, 1 epoch) forced past the accuracy floor: the gate still decides, and says so.
+A run triggered with `approval=required` waits in its approval task while the champion stays as
+it was; approving it through the API moves the champion (one `approval` commit, based on the run's
+gate decision), history names the approver, exactly one `mnist_champion` event appears and
+`mnist_serving_export` runs on it and writes the serving copy. A second run, rejected, moves
+nothing and emits nothing; nor does a third that nobody answers before its timeout. Each run is a
+tiny linear model (2,000 images, 1 epoch) forced past the accuracy floor: the gate still decides,
+and says so.
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ def api(cluster: dict[str, Any]) -> Api:
 def registry(cluster: dict[str, Any]) -> Iterator[Any]:
     """The cluster's registry, read from this process too: the emulator setting points at the
     cluster's fake-gcs-server while this module runs, and at the suite's own one again after."""
-    from mnist_pipeline.registry.store import ModelRegistry
+    from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.storage import open_storage
 
     saved = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{cluster['gcs_port']}"
     try:
-        yield ModelRegistry(open_storage(cluster["registry"]))
+        yield Registry(open_storage(cluster["registry"]))
     finally:
         if saved is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
@@ -120,23 +121,30 @@ def champion_events(api: Api) -> list[dict[str, Any]]:
     return found["asset_events"]
 
 
-def champion_bytes(registry) -> bytes | None:
-    from mnist_pipeline.registry.layout import CHAMPION_KEY
+def answer_commit(registry, run_id: str) -> Any:
+    """The run's one approval commit (approved, rejected or timed out), checked to answer its gate
+    decision: based on the decision's commit, and made after it."""
+    state = registry.state()
+    decided, answered = state.decision_of(run_id, "linear"), state.answer_of(run_id, "linear")
+    assert decided is not None and answered is not None and decided < answered
+    commit = registry.read_commit(answered)
+    assert (commit.kind, commit.run_id, commit.based_on) == ("approval", run_id, decided)
+    return commit
 
-    return registry.storage.read_versioned(CHAMPION_KEY)[0]
 
-
-def awaiting_approval(api: Api, registry) -> tuple[str, dict[str, Any], bytes | None]:
+def awaiting_approval(api: Api, registry) -> tuple[str, dict[str, Any], Any]:
     """Trigger a run that must be approved; once its approval task waits, return the run id, the
-    request the approver sees, and `champion.json` as it then is."""
-    before = champion_bytes(registry)
+    request the approver sees, and the champion as it then is."""
+    before = registry.champion()
     body = {"logical_date": None, "conf": TINY_APPROVED_RUN}
     run_id = api.call("POST", f"/api/v2/dags/{TRAINING}/dagRuns", body)["dag_run_id"]
     wait_until("the approval task waiting", lambda: waiting(api, run_id))
     request = api.call("GET", f"{run_path(TRAINING, run_id)}/taskInstances/approval/-1/hitlDetails")
     time.sleep(10)  # a few scheduler loops: still waiting, and nothing moved meanwhile
     assert task(api, run_id, "approval")["state"] == "awaiting_input"
-    assert champion_bytes(registry) == before
+    assert registry.champion() == before
+    state = registry.state()  # the gate decided (and pointed the candidate); nobody answered yet
+    assert state.decision_of(run_id, "linear") is not None and state.answer_of(run_id, "linear") is None
     return run_id, request, before
 
 
@@ -189,8 +197,10 @@ def approve_one(api: Api, registry) -> Any:
     assert task(api, run_id, "release")["state"] == "success"
     champion = registry.champion()
     assert champion is not None and (champion.run_id, champion.version) == (run_id, candidate.version)
-    approval = list_events(registry.storage)[-1]
+    approval = list_events(registry)[-1]
     assert (approval.kind, approval.approval, approval.approver) == ("approval", "approved", "admin")
+    moved = {move.alias: move for move in answer_commit(registry, run_id).moves}
+    assert moved["champion"].pointer == champion and moved["candidate"].pointer is None
     (event,) = champion_events(api)
     assert (event["source_run_id"], event["source_task_id"]) == (run_id, "release")
     released = {"model": "linear", "version": champion.version, "uri": champion.uri}
@@ -222,10 +232,11 @@ def reject_one(api: Api, registry, champion: Any) -> None:
     response = answer(api, run_id, "Reject")
     assert finished_run(api, TRAINING, run_id)["state"] == "success"
     assert task(api, run_id, "release")["state"] == "skipped"
-    assert champion_bytes(registry) == before and registry.champion() == champion
-    rejection = list_events(registry.storage)[-1]
+    assert registry.champion() == before == champion
+    rejection = list_events(registry)[-1]
     assert (rejection.kind, rejection.approval, rejection.approver) == ("approval", "rejected", "admin")
     assert rejection.run_id == run_id and not rejection.promoted and read_alias(registry, CANDIDATE) is None
+    assert [move.alias for move in answer_commit(registry, run_id).moves] == ["candidate"]
     time.sleep(10)  # a consumer run would have been created by now
     assert len(champion_events(api)) == 1
     assert len(api.call("GET", f"/api/v2/dags/{EXPORT}/dagRuns")["dag_runs"]) == 1
@@ -238,14 +249,15 @@ def time_out_one(api: Api, registry, champion: Any) -> None:
     from mnist_pipeline.registry.aliases import CANDIDATE, read_alias
     from mnist_pipeline.registry.history import list_events
 
-    before = champion_bytes(registry)
+    before = registry.champion()
     conf = TINY_APPROVED_RUN | {"approval_timeout_hours": 0.005}  # 18 s
     started = api.call("POST", f"/api/v2/dags/{TRAINING}/dagRuns", {"logical_date": None, "conf": conf})
     run = finished_run(api, TRAINING, started["dag_run_id"])
     assert run["state"] == "success" and task(api, run["dag_run_id"], "release")["state"] == "skipped"
-    assert champion_bytes(registry) == before and read_alias(registry, CANDIDATE) is None
-    timeout = list_events(registry.storage)[-1]
+    assert registry.champion() == before == champion and read_alias(registry, CANDIDATE) is None
+    timeout = list_events(registry)[-1]
     assert (timeout.kind, timeout.approval, timeout.approver) == ("approval", "timed-out", None)
+    assert [move.alias for move in answer_commit(registry, run["dag_run_id"]).moves] == ["candidate"]
     assert len(champion_events(api)) == 1
     moments = [*timeline(api, run["dag_run_id"], None), ("history: timed-out, champion stays", timeout.time)]
     print_timeline(f"unanswered run {run['dag_run_id']}", sorted(moments, key=lambda m: m[1]))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.registry.store import ModelRegistry
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.storage import open_storage
 from mnist_pipeline.training.architectures import MODEL_NAMES
 
@@ -37,7 +37,7 @@ def test_the_steps_chain_into_a_promotion(env: dict[str, str]) -> None:
         assert result.returncode == 0, result.stderr
     summary = cli(env, "summary")
     assert "dnn" in summary.stdout and "champion dnn/" in summary.stdout
-    champion = ModelRegistry(open_storage(env["MNIST_REGISTRY_URI"])).champion()
+    champion = Registry(open_storage(env["MNIST_REGISTRY_URI"])).champion()
     assert champion.model == "dnn"
 
     listing = cli(env, "registry", "list").stdout

@@ -95,7 +95,7 @@ def assert_ran_on(ti: dict[str, Any], queue: str) -> None:
 def test_a_run_triggered_through_the_rest_api_trains_on_the_gpu_worker(
     cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnist_pipeline.registry.store import ModelRegistry
+    from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.storage import open_storage
 
     api = Api(cluster["api_url"], cluster["username"], cluster["password"])
@@ -115,7 +115,7 @@ def test_a_run_triggered_through_the_rest_api_trains_on_the_gpu_worker(
     print(f"cluster up in {cluster['up_seconds']} s; run took {time.monotonic() - started:.0f} s")
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{cluster['gcs_port']}")
-    champion = ModelRegistry(open_storage(cluster["registry"])).champion()
+    champion = Registry(open_storage(cluster["registry"])).champion()
     assert champion is not None and champion.run_id == run["dag_run_id"]
 
 

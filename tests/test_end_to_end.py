@@ -10,7 +10,8 @@ import pytest
 
 from mnist_pipeline.cli.render import latest_promotion
 from mnist_pipeline.data.mnist import MnistData
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.client import Registry
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import open_storage
 from mnist_pipeline.training.model_io import load_model_bytes
 
@@ -50,7 +51,7 @@ def run_dag(dag, **conf: Any) -> None:
     assert dag_run.state == DagRunState.SUCCESS
 
 
-def assert_promoted(registry: ModelRegistry, model: str) -> dict:
+def assert_promoted(registry: Registry, model: str) -> dict:
     champion = registry.champion()
     assert champion is not None and champion.model == model
     return champion
@@ -65,7 +66,7 @@ def test_a_small_run_trains_every_model_and_promotes_the_best(
     assert {row["model"] for row in decision["candidates"]} == {"linear", "dnn", "cnn"}
     best = max(decision["candidates"], key=lambda row: row["accuracy"])
     storage = open_storage(gcs_locations["MNIST_REGISTRY_URI"])
-    registry = ModelRegistry(storage)
+    registry = Registry(storage)
     champion = assert_promoted(registry, best["model"])
     assert champion.run_id == decision["run_id"] and champion.metrics["accuracy"] == best["accuracy"]
 
@@ -82,7 +83,7 @@ def test_a_small_run_trains_every_model_and_promotes_the_best(
 
 
 def test_a_weaker_run_with_one_model_selected_is_not_promoted(dag, gcs_locations: dict[str, str]) -> None:
-    registry = ModelRegistry(open_storage(gcs_locations["MNIST_REGISTRY_URI"]))
+    registry = Registry(open_storage(gcs_locations["MNIST_REGISTRY_URI"]))
     run_dag(dag, epochs=2, max_train_images=10000, models=["dnn"])
     champion = assert_promoted(registry, "dnn")
 

@@ -1,7 +1,8 @@
 """Fault injection, crashes and outages: a worker killed mid-training, GCS going away during a
-promotion, a promotion killed between upload and pointer move, two promotions racing from separate
-processes. Each time the run completes (or a retry does), the champion is consistent, and no
-object that existed before is lost.
+promotion, a promotion killed between upload and its commits, two promotions racing from separate
+processes. Each time the run completes (or a retry does), the champion is consistent, every view
+agrees with the registry's commit log, and no object that existed before is lost (a commit above
+all: the log is never rewritten).
 
 Processes are really killed (SIGKILL) and the GCS server really stops: fake-gcs-server with a
 filesystem backend, started again on the same port with the same data.
@@ -24,11 +25,15 @@ from typing import Any
 import pytest
 
 from mnist_pipeline.config import PipelineSettings
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.integrity import verify
+from mnist_pipeline.registry.layout import CHAMPION_KEY, INDEX_PREFIX
+from mnist_pipeline.registry.log import commit_key
 from mnist_pipeline.registry.promotion import promote
 from mnist_pipeline.registry.publication import version_name
 from mnist_pipeline.registry.records import ChampionPointer
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import run_key
 from mnist_pipeline.steps import ingest
 from mnist_pipeline.storage import open_storage, split_gs_uri
@@ -38,8 +43,6 @@ from tests.fault_report import FaultLedger
 
 pytestmark = pytest.mark.slow
 
-CHAMPION_KEY = "mnist/champion.json"
-INDEX_PREFIX = "mnist/index/"
 TRAIN_IMAGES, EPOCHS = 3000, 8
 
 
@@ -64,18 +67,23 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 180, proc
 
 
 def assert_consistent_champion(registry_uri: str) -> ChampionPointer:
-    """The pointer names a committed version, and every file of it matches its recorded sha256."""
-    registry = ModelRegistry(open_storage(registry_uri))
+    """The champion names a published version, every file of it matches its recorded sha256, and
+    every view (state, champion pointer, history shards) agrees with the log."""
+    registry = Registry(open_storage(registry_uri))
     champion = registry.champion()
+    assert champion is not None
     ref = VersionRef(champion.model, champion.version)
     assert ref in registry.versions()
     for name in registry.metadata(ref)["files_sha256"]:
         registry.verified_file(ref, name)
+    report = verify(registry)
+    assert report.ok, report.to_dict()
     return champion
 
 
 def may_change(before: dict[str, bytes]) -> set[str]:
-    """What a promotion rewrites: the champion pointer and the indexes derived from the objects."""
+    """What a promotion rewrites: the views derived from the log (the champion pointer, the state
+    and the history shards). Commits are only ever added."""
     return {CHAMPION_KEY} | {key for key in before if key.startswith(INDEX_PREFIX)}
 
 
@@ -155,7 +163,7 @@ class Outage(threading.Thread):
         self.up_at = time.monotonic()
 
 
-@pytest.mark.parametrize("moment", ["version upload", "pointer move"])
+@pytest.mark.parametrize("moment", ["version upload", "publish commit", "pointer move"])
 def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
     moment: str,
     fault_gcs: RestartableGcsServer,
@@ -166,20 +174,32 @@ def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
 ) -> None:
     monkeypatch.setenv("MNIST_STORAGE_RETRY_DEADLINE", "40")
     before = storage_bytes(registry_with_champion)
+    head = Registry(open_storage(registry_with_champion)).state().number
     bucket, root = split_gs_uri(registry_with_champion)
     ref = version_of(fault_runs, "run-dnn-a")
-    first_file = "model.keras" if moment == "version upload" else "metadata.json"
-    outage = Outage(fault_gcs, fault_gcs.object_path(bucket, f"{root}/{ref.prefix}/{first_file}"), seconds=3)
+    # The server goes down as soon as the trigger lands: while the version's files upload; once they
+    # are all there (the publish commit, next, meets the outage); once the version is published
+    # (the gate's commit, which moves the champion, meets it).
+    trigger = {
+        "version upload": f"{ref.prefix}/model.keras",
+        "publish commit": f"{ref.prefix}/metadata.json",
+        "pointer move": commit_key(head + 1),
+    }[moment]
+    outage = Outage(fault_gcs, fault_gcs.object_path(bucket, f"{root}/{trigger}"), seconds=3)
     outage.start()
     settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
     outcome = promote([fault_runs["evaluations"]["run-dnn-a"]], settings, "run-dnn-a")
     finished_at = time.monotonic()
     outage.join(timeout=30)
     assert outage.down_at and outage.up_at and finished_at > outage.up_at  # it ran through the outage
-    assert outcome.promoted and outcome.version == ref.version
+    assert outcome.promoted and outcome.version == ref.version and not outcome.noop
     champion = assert_consistent_champion(registry_with_champion)
     assert champion.version == ref.version and champion.previous.run_id == "run-champion"
-    assert [e.run_id for e in list_events(open_storage(registry_with_champion))][-1] == "run-dnn-a"
+    registry = Registry(open_storage(registry_with_champion))
+    assert [e.run_id for e in list_events(registry)][-1] == "run-dnn-a"
+    # Exactly two commits, each written once through the outage: the publish, then the decision.
+    assert [registry.read_commit(n).kind for n in (head + 1, head + 2)] == ["publish", "gate"]
+    assert registry.state().number == head + 2 and registry.read_commit(head + 2).based_on == head
     fault_ledger.compared(before, storage_bytes(registry_with_champion), may_change=may_change(before))
     fault_ledger.survived(f"GCS outage during the {moment}")
 
@@ -233,7 +253,8 @@ def test_a_promotion_killed_after_upload_never_exposes_its_half_version(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     before = storage_bytes(registry_with_champion)
-    registry = ModelRegistry(open_storage(registry_with_champion))
+    registry = Registry(open_storage(registry_with_champion))
+    champion_before, head = registry.champion(), registry.state().number
     bucket, root = split_gs_uri(registry_with_champion)
     half = version_of(fault_runs, "run-dnn-a")
     env = cli_env(MNIST_ARTIFACTS_URI=fault_runs["artifacts"], MNIST_REGISTRY_URI=registry_with_champion)
@@ -245,9 +266,10 @@ def test_a_promotion_killed_after_upload_never_exposes_its_half_version(
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     assert registry.storage.list_keys(half.prefix) and not registry.is_published(half)
-    # Readers see the registry as it was: same champion, same versions, no history event.
-    assert registry.storage.read_bytes(CHAMPION_KEY) == before[CHAMPION_KEY]
-    assert half not in registry.versions() and len(list_events(registry.storage)) == 1
+    # Readers see the registry as it was: no commit, same champion, same versions, no history event.
+    assert registry.state().number == head and registry.read_commit(head + 1) is None
+    assert registry.champion() == champion_before and champion_before.run_id == "run-champion"
+    assert half not in registry.versions() and len(list_events(registry)) == 1
 
     # The next run publishes another version and clears the dead upload away.
     monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "1e-9")
@@ -275,12 +297,28 @@ def test_two_promotions_from_separate_processes_leave_one_champion_and_both_verd
         for run in runs
     ]
     outputs = [worker.communicate(timeout=300) for worker in workers]
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr.decode()[-3000:]
+    # The first decision to commit wins. One judged against the champion that decision replaced is
+    # refused, naming the run that moved it, and writes nothing; its retry (Airflow's) judges again.
+    refused = []
+    for index, (run, worker) in enumerate(zip(runs, workers, strict=True)):
+        stderr = outputs[index][1].decode()
+        if worker.returncode == 0:
+            continue
+        other = next(r for r in runs if r != run)
+        assert worker.returncode == 2 and "champion changed to" in stderr, stderr[-3000:]
+        assert f"by run {other}" in stderr and "Nothing was changed" in stderr, stderr[-3000:]
+        refused.append(run)
+        retry = subprocess.run(cli("--run-id", run, "promote"), capture_output=True, env=env, timeout=300)
+        assert retry.returncode == 0, retry.stderr.decode()[-3000:]
+        outputs[index] = (retry.stdout, retry.stderr)
+    assert len(refused) <= 1
     outcomes = [json.loads(stdout) for stdout, _ in outputs]
-    registry = ModelRegistry(open_storage(registry_with_champion))
-    new_events = list_events(registry.storage)[1:]  # the template's own event comes first
+    registry = Registry(open_storage(registry_with_champion))
+    new_events = list_events(registry)[1:]  # the template's own event comes first
     assert sorted(event.run_id for event in new_events) == sorted(runs)
+    state = registry.state()
+    decisions = [registry.read_commit(state.decision_of(run, "dnn")) for run in runs]
+    assert [(c.kind, c.run_id) for c in decisions] == [("gate", run) for run in runs]
     champion = assert_consistent_champion(registry_with_champion)
     promoted = {(o["model"], o["version"]) for o in outcomes if o["promoted"]}
     assert (champion.model, champion.version) in promoted

@@ -14,9 +14,10 @@ from mnist_pipeline import cli
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data.snapshot import SnapshotInfo
 from mnist_pipeline.errors import MnistPipelineError, RegistryError, UnknownModelError
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.operations import promote_version
 from mnist_pipeline.registry.promotion import PromotionOptions, promote
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.steps import evaluate, ingest, train
 from mnist_pipeline.storage import open_storage
 from tests.fault_fixtures import storage_bytes
@@ -83,7 +84,7 @@ def test_a_tampered_or_unsafe_model_is_refused(
 
     from mnist_pipeline.training.model_io import load_model_bytes, model_to_bytes
 
-    registry = ModelRegistry(open_storage(registry_with_champion))
+    registry = Registry(open_storage(registry_with_champion))
     champion = registry.champion()
     ref = VersionRef(champion.model, champion.version)
     key = f"{ref.prefix}/model.keras"

@@ -24,7 +24,8 @@ from mnist_pipeline.data.incoming import (
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.data.slices import held_out_mask
 from mnist_pipeline.data.snapshot import read_manifest
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.client import Registry
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import Storage, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,7 +158,7 @@ def test_new_data_triggers_an_event_and_enters_the_next_training_set(
     metrics = gcs_env.read_json(next(k for k in gcs_env.list_keys("runs/") if k.endswith("dnn/metrics.json")))
     assert metrics["new_data"]["test_images"] == held_out and 0 < metrics["new_data"]["accuracy"] <= 1
 
-    registry = ModelRegistry(open_storage(os.environ["MNIST_REGISTRY_URI"]))
+    registry = Registry(open_storage(os.environ["MNIST_REGISTRY_URI"]))
     champion = registry.champion()
     metadata = registry.metadata(VersionRef(champion.model, champion.version))
     assert metadata["manifest_hash"] == ingest["manifest_hash"]  # lineage: which data, from where

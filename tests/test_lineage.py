@@ -15,7 +15,8 @@ import pytest
 
 from mnist_pipeline import lineage
 from mnist_pipeline.lineage import MODEL, LineageDataset, dataset_name
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.client import Registry
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import open_storage
 
 # One model on a small slice, forced past the gate's floor so that a version is published.
@@ -158,5 +159,5 @@ def test_one_dag_test_lists_the_snapshot_into_train_and_the_version_out_of_promo
     [published] = promote["outputs"]
     ref = VersionRef("linear", published["facets"]["version"]["datasetVersion"])
     assert _names([published]) == [(bucket, f"registry/{ref.prefix}")]
-    assert ModelRegistry(open_storage(f"{bucket}/registry")).is_published(ref)
+    assert Registry(open_storage(f"{bucket}/registry")).is_published(ref)
     assert not [line for line in output.splitlines() if "lineage" in line.lower() and "error" in line.lower()]

@@ -1,4 +1,5 @@
-"""Promotion you can trust: the gate, the serving check, compare-and-swap, history, rollback.
+"""Promotion you can trust: the gate, the serving check, decisions committed to the registry's log
+(refused when the champion moved since the gate judged), history, rollback.
 
 Real models trained on small slices of real MNIST; registries on a local folder and on GCS.
 """
@@ -6,6 +7,7 @@ Real models trained on small slices of real MNIST; registries on a local folder 
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,14 +17,15 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.errors import ConflictError, RegistryError
 from mnist_pipeline.evaluation.serving import ServingCheckError
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import MNIST_TEST, GateConfig, Slice, judge, mcnemar_exact
 from mnist_pipeline.registry.history import list_events
 from mnist_pipeline.registry.operations import promote_version, rollback
 from mnist_pipeline.registry.promotion import PromotionOptions, PromotionOutcome, promote
 from mnist_pipeline.registry.records import ChampionPointer
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import run_key
 from mnist_pipeline.storage import open_storage
 from tests.trained_runs import evaluate_runs
@@ -53,15 +56,15 @@ def settings(trained: dict[str, Any], storage_uri: str) -> PipelineSettings:
 
 
 @pytest.fixture
-def registry(settings: PipelineSettings) -> ModelRegistry:
-    return ModelRegistry(open_storage(settings.registry_uri))
+def registry(settings: PipelineSettings) -> Registry:
+    return Registry(open_storage(settings.registry_uri))
 
 
 def run_promotion(trained: dict, settings: PipelineSettings, run_id: str, **options: Any) -> PromotionOutcome:
     return promote([trained["evaluations"][run_id]], settings, run_id, PromotionOptions(**options))
 
 
-def assert_promoted(registry: ModelRegistry, outcome: PromotionOutcome, run_id: str) -> None:
+def assert_promoted(registry: Registry, outcome: PromotionOutcome, run_id: str) -> None:
     champion = registry.champion()
     assert outcome.promoted is True
     assert champion is not None and champion.run_id == run_id
@@ -70,7 +73,7 @@ def assert_promoted(registry: ModelRegistry, outcome: PromotionOutcome, run_id: 
 
 
 def assert_not_promoted(
-    registry: ModelRegistry, outcome: PromotionOutcome, champion_before: ChampionPointer | None
+    registry: Registry, outcome: PromotionOutcome, champion_before: ChampionPointer | None
 ) -> None:
     assert outcome.promoted is False
     assert registry.champion() == champion_before
@@ -81,7 +84,7 @@ def test_first_run_promotes_when_it_passes_the_floor(trained, settings, registry
     outcome = run_promotion(trained, settings, "run-good")
     assert_promoted(registry, outcome, "run-good")
     assert "no champion yet" in outcome.verdict.reason and outcome.previous_champion is None
-    (event,) = list_events(registry.storage)
+    (event,) = list_events(registry)
     assert event.promoted and event.run_id == "run-good" and event.kind == "gate"
 
 
@@ -101,7 +104,7 @@ def test_a_worse_challenger_is_not_promoted(trained, settings, registry) -> None
     verdict = outcome.verdict
     assert "not better by the margin" in verdict.reason
     assert verdict.b > verdict.c and verdict.champion_accuracy > verdict.challenger_accuracy
-    assert [event.promoted for event in list_events(registry.storage)] == [True, False]
+    assert [event.promoted for event in list_events(registry)] == [True, False]
 
 
 @pytest.mark.slow
@@ -110,7 +113,7 @@ def test_a_forced_promotion_happens_and_says_so(trained, settings, registry) -> 
     outcome = run_promotion(trained, settings, "run-weak", force=True)
     assert_promoted(registry, outcome, "run-weak")
     assert outcome.forced is True and outcome.verdict.reason.startswith("forced (gate said:")
-    assert list_events(registry.storage)[-1].forced is True
+    assert list_events(registry)[-1].forced is True
 
 
 @pytest.mark.slow
@@ -141,7 +144,7 @@ def test_with_approval_required_the_version_waits_as_the_candidate(trained, sett
     assert VersionRef(outcome.model, str(outcome.version)) in registry.versions()  # published
     candidate = read_alias(registry, CANDIDATE)
     assert candidate is not None and (candidate.run_id, candidate.version) == ("run-weak", outcome.version)
-    assert list_events(registry.storage)[-1].approval == "pending"
+    assert list_events(registry)[-1].approval == "pending"
     keys = registry.storage.list_keys("mnist/")
     again = run_promotion(trained, settings, "run-weak", force=True, approval=True)  # a retried task
     assert again.noop and again.awaiting_approval and again.version == outcome.version
@@ -161,23 +164,44 @@ def test_a_failed_serving_check_blocks_promotion(trained, settings, registry, tm
     with pytest.raises(ServingCheckError, match="served probabilities differ"):
         run_promotion(trained, settings, "run-good")
     assert registry.champion() is None and registry.versions() == []
-    (event,) = list_events(registry.storage)
+    (event,) = list_events(registry)
     assert event.promoted is False and "serving check" in event.verdict.blocked
 
 
 @pytest.mark.slow
 def test_two_concurrent_promotions_leave_one_champion_and_two_events(trained, settings, registry) -> None:
+    runs = ["run-good", "run-other"]
+
+    def attempt(run: str) -> PromotionOutcome | ConflictError:
+        try:
+            return run_promotion(trained, settings, run)
+        except ConflictError as refused:  # the champion moved after this gate judged
+            return refused
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(
-            pool.map(lambda run: run_promotion(trained, settings, run), ["run-good", "run-other"])
-        )
-    events = list_events(registry.storage)
-    assert sorted(event.run_id for event in events) == ["run-good", "run-other"]
+        tries = dict(zip(runs, pool.map(attempt, runs), strict=True))
+    refused = {run: error for run, error in tries.items() if isinstance(error, ConflictError)}
+    assert len(refused) <= 1  # only a move of the champion refuses a decision: the first one commits
+    for run, error in refused.items():
+        (winner,) = set(runs) - {run}
+        assert re.search(rf"champion changed to dnn/\S+ by run {winner} at .*re-run the gate", str(error))
+        assert {event.run_id for event in list_events(registry)} == {winner}  # refused: nothing recorded
+    # Airflow retries the refused task: it re-gates against the champion that moved.
+    outcomes = {
+        run: run_promotion(trained, settings, run) if run in refused else tried
+        for run, tried in tries.items()
+    }
+    events = list_events(registry)
+    assert sorted(event.run_id for event in events) == runs
     champion = registry.champion()
-    promoted = [outcome for outcome in outcomes if outcome.promoted]
+    promoted = [outcome for outcome in outcomes.values() if outcome.promoted]
     assert promoted and (champion.model, champion.version) in {
         (o.model, o.version) for o in promoted
     }
+    for run in refused:
+        (winner,) = set(runs) - {run}
+        assert outcomes[run].previous_champion is not None
+        assert outcomes[run].previous_champion.version == outcomes[winner].version
     if len(promoted) == 2:  # the later one re-gated against the earlier and won: it remembers it
         assert champion.previous.run_id != champion.run_id
 

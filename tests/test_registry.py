@@ -9,9 +9,10 @@ import pytest
 
 from mnist_pipeline.errors import ConfigError, RegistryError
 from mnist_pipeline.evaluation.record import EvaluationRecord
+from mnist_pipeline.registry.client import Registry
+from mnist_pipeline.registry.operations import promote_version
 from mnist_pipeline.registry.promotion import pick_challenger
-from mnist_pipeline.registry.records import ChampionPointer, VersionSummary
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef, validate_name
+from mnist_pipeline.registry.store import VersionRef, validate_name
 from mnist_pipeline.storage import open_storage
 
 
@@ -24,7 +25,7 @@ def make_version_dir(folder: Path, payload: bytes = b"weights") -> Path:
 
 
 def test_publishes_a_version_with_hashes_and_lists_it(storage_uri: str, tmp_path: Path) -> None:
-    registry = ModelRegistry(open_storage(storage_uri))
+    registry = Registry(open_storage(storage_uri))
     ref = VersionRef("cnn", "20261127T000000Z-abcdef12")
     metadata = registry.publish(ref, make_version_dir(tmp_path / "v"), {"data_hash": "d" * 64})
     assert set(metadata["files_sha256"]) == {"model.keras", "saved_model/saved_model.pb", "metrics.json"}
@@ -34,7 +35,7 @@ def test_publishes_a_version_with_hashes_and_lists_it(storage_uri: str, tmp_path
 
 
 def test_publishing_twice_is_a_no_op(storage_uri: str, tmp_path: Path) -> None:
-    registry = ModelRegistry(open_storage(storage_uri))
+    registry = Registry(open_storage(storage_uri))
     ref = VersionRef("dnn", "v1")
     first = registry.publish(ref, make_version_dir(tmp_path / "a"), {"n": 1})
     second = registry.publish(ref, make_version_dir(tmp_path / "b", b"other"), {"n": 2})
@@ -44,22 +45,29 @@ def test_publishing_twice_is_a_no_op(storage_uri: str, tmp_path: Path) -> None:
 def test_an_incomplete_version_is_not_listed_nor_promotable(storage_uri: str) -> None:
     storage = open_storage(storage_uri)
     storage.write_bytes("mnist/models/cnn/half/model.keras", b"partial upload")
-    registry = ModelRegistry(storage)
-    assert registry.versions() == []
-    pointer = ChampionPointer.for_version(
-        VersionSummary("cnn", "half", {"accuracy": 0.99}),
-        registry.uri(VersionRef("cnn", "half")),
-        "now",
-        "test",
-    )
-    with pytest.raises(RegistryError, match="not completely published"):
-        registry.move_champion(lambda current: (pointer.succeeding(current), None))
-    assert registry.champion() is None
+    registry = Registry(storage)
+    assert registry.versions() == [] and not registry.is_published(VersionRef("cnn", "half"))
+    refused = "cannot set alias 'champion' to cnn/half: unknown version cnn/half"
+    with pytest.raises(RegistryError, match=refused):
+        promote_version(registry, VersionRef("cnn", "half"), "test", "test:alice")
+    assert registry.champion() is None and registry.state().number == 0
+
+
+def test_uploaded_files_are_not_published_until_a_commit_says_so(storage_uri: str, tmp_path: Path) -> None:
+    registry = Registry(open_storage(storage_uri))
+    ref = VersionRef("cnn", "uploaded")
+    registry.files.upload(ref, make_version_dir(tmp_path / "v"), {})  # a publish killed before its commit
+    assert registry.files.uploaded() == [ref] and registry.versions() == []
+    with pytest.raises(RegistryError, match="unknown version cnn/uploaded"):
+        promote_version(registry, ref, "test", "test:alice")
+    registry.publish(ref, tmp_path / "v", {})  # the retry commits it
+    assert registry.versions() == [ref]
+    assert promote_version(registry, ref, "test", "test:alice").version == "uploaded"
 
 
 def test_tampered_bytes_are_refused(storage_uri: str, tmp_path: Path) -> None:
     storage = open_storage(storage_uri)
-    registry = ModelRegistry(storage)
+    registry = Registry(storage)
     ref = VersionRef("cnn", "v1")
     registry.publish(ref, make_version_dir(tmp_path / "v"), {})
     storage.write_bytes(f"{ref.prefix}/model.keras", b"tampered")
@@ -69,7 +77,7 @@ def test_tampered_bytes_are_refused(storage_uri: str, tmp_path: Path) -> None:
 
 def test_unknown_versions_are_named(storage_uri: str) -> None:
     with pytest.raises(RegistryError, match="unknown version cnn/nope"):
-        ModelRegistry(open_storage(storage_uri)).metadata(VersionRef("cnn", "nope"))
+        Registry(open_storage(storage_uri)).metadata(VersionRef("cnn", "nope"))
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 200, "a..b"])

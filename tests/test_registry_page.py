@@ -18,15 +18,16 @@ import pytest
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.evaluation.reports import FIGURE_SIZES
 from mnist_pipeline.registry.aliases import set_alias
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig, SliceVerdict, Verdict
-from mnist_pipeline.registry.history import record_event
 from mnist_pipeline.registry.promotion import PromotionOptions, promote
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.steps import evaluate, ingest, train
 from mnist_pipeline.storage import CountingStorage, GcsStorage, open_storage
 from mnist_pipeline.web.app import URL_PREFIX, load_overview, load_version
 from mnist_pipeline.web.charts import accuracy_axis, accuracy_chart, percent_label, time_axis
+from tests.registry_helpers import record_decision, record_event
 
 FLOOR = 0.5  # the first, weak model must become champion so that the second can beat it
 HTML = {"Accept": "text/html"}
@@ -102,10 +103,10 @@ def unreachable_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def champion_of(registry_uri: str) -> ChampionPointer | None:
-    from mnist_pipeline.registry.store import ModelRegistry
+    from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.storage import open_storage
 
-    return ModelRegistry(open_storage(registry_uri)).champion()
+    return Registry(open_storage(registry_uri)).champion()
 
 
 @pytest.mark.slow
@@ -230,7 +231,7 @@ def headline(accuracy: float) -> dict[str, float]:
     return {"accuracy": accuracy, "loss": round(1 - accuracy, 4)}
 
 
-def publish_version(registry: ModelRegistry, ref: VersionRef, accuracy: float, folders: Path) -> None:
+def publish_version(registry: Registry, ref: VersionRef, accuracy: float, folders: Path) -> None:
     """A version with a metrics.json whose recall of digit d is `accuracy` - d/1000."""
     folder = folders / f"{ref.model}-{ref.version}"
     folder.mkdir(parents=True)
@@ -274,34 +275,33 @@ def gate_decision(
     )
 
 
-def crown(registry: ModelRegistry, ref: VersionRef, accuracy: float) -> None:
-    pointer = ChampionPointer.for_version(
+def crowned(ref: VersionRef, accuracy: float) -> ChampionPointer:
+    """The champion pointer a gate decision that promoted `ref` makes."""
+    return ChampionPointer.for_version(
         VersionSummary(ref.model, ref.version, headline(accuracy)), "u", "t", "ok"
     )
-    registry.move_champion(lambda current: (pointer.succeeding(current), None))
 
 
-def three_decisions(root: Path, kept: int = 1, new_data: bool = False) -> ModelRegistry:
+def three_decisions(root: Path, kept: int = 1, new_data: bool = False) -> Registry:
     """A linear champion (92%), a DNN that beats it (97%), then `kept` linear challengers kept (92.5%)."""
-    registry = ModelRegistry(open_storage(str(root / "registry")))
+    registry = Registry(open_storage(str(root / "registry")))
     publish_version(registry, LINEAR, 0.92, root / "folders")
-    record_event(registry.storage, gate_decision("linear", 0.92, version=LINEAR.version))
-    crown(registry, LINEAR, 0.92)
+    record_decision(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
     publish_version(registry, DNN, 0.97, root / "folders")
     ours = (0.95, 0.90) if new_data else None
-    record_event(registry.storage, gate_decision("dnn", 0.97, (LINEAR, 0.92), DNN.version, ours))
-    crown(registry, DNN, 0.97)
+    promoted = gate_decision("dnn", 0.97, (LINEAR, 0.92), DNN.version, ours)
+    record_decision(registry, promoted, crowned(DNN, 0.97))
     for _ in range(kept):
         theirs = (0.91, 0.95) if new_data else None
-        record_event(registry.storage, gate_decision("linear", 0.925, (DNN, 0.97), new_data=theirs))
+        record_event(registry, gate_decision("linear", 0.925, (DNN, 0.97), new_data=theirs))
     return registry
 
 
 @pytest.fixture
-def page_of(signed_in, monkeypatch: pytest.MonkeyPatch) -> Callable[[ModelRegistry, str], str]:
+def page_of(signed_in, monkeypatch: pytest.MonkeyPatch) -> Callable[[Registry, str], str]:
     """The HTML of a page of the registry page, reading `registry` (a local folder)."""
 
-    def get(registry: ModelRegistry, path: str) -> str:
+    def get(registry: Registry, path: str) -> str:
         monkeypatch.setenv("MNIST_REGISTRY_URI", registry.storage.root_uri)
         response = signed_in(path, headers=HTML)
         assert response.status_code == 200, response.text
@@ -357,13 +357,13 @@ def test_a_registry_whose_decisions_judged_new_data_shows_its_panel(page_of, tmp
 
 
 def test_the_overview_without_history_says_there_is_nothing_to_chart(page_of, tmp_path: Path) -> None:
-    html = page_of(ModelRegistry(open_storage(str(tmp_path / "empty"))), "/")
+    html = page_of(Registry(open_storage(str(tmp_path / "empty"))), "/")
     assert "<svg" not in html and "No gate decisions yet: nothing to chart." in html
 
 
 def test_model_names_are_escaped_in_the_chart(page_of, tmp_path: Path) -> None:
     registry = three_decisions(tmp_path)
-    record_event(registry.storage, gate_decision(HOSTILE_MODEL, 0.9, (DNN, 0.97)))
+    record_event(registry, gate_decision(HOSTILE_MODEL, 0.9, (DNN, 0.97)))
     html = page_of(registry, "/")
     assert HOSTILE_MODEL not in html
     chart = chart_of(html)
@@ -411,10 +411,9 @@ def test_the_champion_page_compares_it_with_the_champion_it_replaced(page_of, tm
 
 
 def test_the_first_champion_replaced_none(page_of, tmp_path: Path) -> None:
-    registry = ModelRegistry(open_storage(str(tmp_path / "registry")))
+    registry = Registry(open_storage(str(tmp_path / "registry")))
     publish_version(registry, LINEAR, 0.92, tmp_path / "folders")
-    record_event(registry.storage, gate_decision("linear", 0.92, version=LINEAR.version))
-    crown(registry, LINEAR, 0.92)
+    record_decision(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
     html = page_of(registry, f"/versions/{LINEAR}")
     assert "It replaced no champion" in html and 'id="comparison"' not in html
 
@@ -429,7 +428,7 @@ def comparison_row(table: str, name: str) -> tuple[str, ...]:
 
 def test_the_pages_cost_the_same_storage_calls_for_3_or_40_decisions(tmp_path: Path) -> None:
     small, large = three_decisions(tmp_path / "small"), three_decisions(tmp_path / "large", kept=38)
-    readers: dict[str, Callable[[ModelRegistry], Any]] = {
+    readers: dict[str, Callable[[Registry], Any]] = {
         "overview": lambda registry: load_overview(registry, str),
         "challenger's page": lambda registry: load_version(registry, LINEAR, str),
         "champion's page": lambda registry: load_version(registry, DNN, str),
@@ -442,9 +441,9 @@ def test_the_pages_cost_the_same_storage_calls_for_3_or_40_decisions(tmp_path: P
     assert len(load_overview(large, str)["history"]) == 40
 
 
-def calls(registry: ModelRegistry, read: Callable[[ModelRegistry], Any]) -> int:
+def calls(registry: Registry, read: Callable[[Registry], Any]) -> int:
     counted = CountingStorage(registry.storage)
-    read(ModelRegistry(counted))
+    read(Registry(counted))
     return counted.total
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.errors import ConflictError, RegistryError
 from mnist_pipeline.registry.aliases import CANDIDATE, alias_history, read_alias, set_alias
 from mnist_pipeline.registry.approval import (
     VERSION_PAGE,
@@ -20,20 +20,24 @@ from mnist_pipeline.registry.approval import (
     decline_candidate,
     released,
 )
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import SliceVerdict, Verdict
 from mnist_pipeline.registry.history import list_events
 from mnist_pipeline.registry.operations import promote_version
 from mnist_pipeline.registry.promotion import APPROVAL_PENDING, PromotionOutcome
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
 from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME, Release, release_from_extras
 from mnist_pipeline.registry.serving_export import SERVING_ROOT, export_release, serving_exports
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
+from mnist_pipeline.runs import utc_now
 from mnist_pipeline.storage import Storage, open_storage
+from tests.registry_helpers import record_alias_decision, snapshot
 
 RUN = "manual__2026-01-01T00:00:00+00:00"
 GRAPH, INDEX, DATA = "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"
 
 
-def publish(registry: ModelRegistry, folders: Path, i: int) -> VersionRef:
+def publish(registry: Registry, folders: Path, i: int) -> VersionRef:
     """Version `i` of the DNN: a model file, metrics.json and a SavedModel's three files."""
     ref = VersionRef("dnn", f"20260101T{i:06d}Z-{i:08x}")
     folder = folders / ref.version
@@ -48,16 +52,16 @@ def publish(registry: ModelRegistry, folders: Path, i: int) -> VersionRef:
 
 
 @pytest.fixture
-def registry(storage_uri: str) -> ModelRegistry:
-    return ModelRegistry(open_storage(storage_uri))
+def registry(storage_uri: str) -> Registry:
+    return Registry(open_storage(storage_uri))
 
 
 @pytest.fixture
-def versions(registry: ModelRegistry, tmp_path: Path) -> list[VersionRef]:
+def versions(registry: Registry, tmp_path: Path) -> list[VersionRef]:
     return [publish(registry, tmp_path / "folders", i) for i in range(1, 3)]
 
 
-def crown(registry: ModelRegistry, ref: VersionRef) -> Release:
+def crown(registry: Registry, ref: VersionRef) -> Release:
     promote_version(registry, ref, "test", "test:alice")
     champion = registry.champion()
     assert champion is not None
@@ -166,21 +170,36 @@ def test_numbers_taken_by_hand_are_skipped_and_a_cut_short_export_is_completed(r
 # --- approval ------------------------------------------------------------------------------------
 
 
-def pending(registry: ModelRegistry, ref: VersionRef, run_id: str = RUN) -> PromotionOutcome:
-    """What `promote` returns and leaves when approval is required: the version is the candidate."""
-    set_alias(registry, CANDIDATE, ref, f"gate of run {run_id}", "awaiting approval", run_id=run_id)
+def pending(registry: Registry, ref: VersionRef, run_id: str = RUN) -> PromotionOutcome:
+    """What `promote` returns and leaves when approval is required: the run's gate decision,
+    pending, committed with the alias `candidate` pointing at the version."""
     test = SliceVerdict("mnist_test", 10000, 0.93, 0.91, b=40, c=240, adjusted_p_value=1e-30, better=True)
     verdict = Verdict(True, "better on mnist_test", 0.93, 0.91, rule="better", slices=[test])
     champion = registry.champion()
-    return PromotionOutcome(
-        promoted=False,
+    metrics = {"accuracy": 0.93, "loss": 0.2}
+    event = HistoryEvent(
+        kind="gate",
         model=ref.model,
         verdict=verdict,
+        promoted=False,
+        run_id=run_id,
+        trigger="manual",
         version=ref.version,
-        metrics={"accuracy": 0.93, "loss": 0.2},
+        metrics=metrics,
         previous_champion=champion.summary() if champion else None,
         approval=APPROVAL_PENDING,
     )
+    candidate = ChampionPointer.for_version(
+        VersionSummary(ref.model, ref.version, metrics),
+        registry.uri(ref),
+        utc_now(),
+        "awaiting approval",
+        run_id=run_id,
+        set_by=f"gate of run {run_id}",
+    )
+    outcome = PromotionOutcome.of(record_alias_decision(registry, event, CANDIDATE, candidate))
+    assert outcome.awaiting_approval and not outcome.promoted and outcome.metrics == metrics
+    return outcome
 
 
 def answer(approved: bool, user: str | None = "alice", timed_out: bool = False) -> ApprovalAnswer:
@@ -212,22 +231,50 @@ def test_approving_moves_the_champion_names_the_approver_and_clears_the_candidat
     assert champion is not None and champion.is_version("dnn", versions[1].version)
     assert champion.run_id == RUN and champion.set_by == "alice" and "approved by alice" in champion.verdict
     assert champion.previous is not None and champion.previous.is_version("dnn", versions[0].version)
-    event = list_events(registry.storage)[-1]
+    event = list_events(registry)[-1]
     assert (event.kind, event.approval, event.approver) == ("approval", "approved", "alice")
     assert event.promoted and event.run_id == RUN and event.version == versions[1].version
     assert read_alias(registry, CANDIDATE) is None
     assert approve_candidate(registry, outcome, answer(True), RUN) == release  # a retried task
-    assert len([e for e in list_events(registry.storage) if e.kind == "approval"]) == 1
+    assert len([e for e in list_events(registry) if e.kind == "approval"]) == 1
 
 
 def test_an_approval_whose_candidate_changed_moves_nothing(registry, versions) -> None:
     crown(registry, versions[0])
     outcome = pending(registry, versions[1])
     set_alias(registry, CANDIDATE, versions[0], "test:bob", "another candidate", run_id="other-run")
-    with pytest.raises(RegistryError, match=r"the candidate is now .* not dnn/.* the champion stays"):
+    before = snapshot(registry.storage)
+    moved = rf"candidate changed to dnn/{versions[0].version} by test:bob at .*since this run's gate"
+    with pytest.raises(ConflictError, match=moved + r".*Nothing was changed"):
         released(registry, outcome, answer(True), RUN)
+    assert snapshot(registry.storage) == before  # refused before anything was written
     champion = registry.champion()
     assert champion is not None and champion.is_version("dnn", versions[0].version)
+    candidate = read_alias(registry, CANDIDATE)
+    assert candidate is not None and candidate.version == versions[0].version
+    assert candidate.run_id == "other-run"
+
+
+def test_an_approval_after_the_champion_moved_moves_nothing(registry, versions) -> None:
+    crown(registry, versions[0])
+    outcome = pending(registry, versions[1])
+    promote_version(registry, versions[0], "by hand, meanwhile", "test:carol")  # the champion moved
+    before = snapshot(registry.storage)
+    with pytest.raises(ConflictError, match=r"champion changed to dnn/.* by test:carol at .*Nothing was"):
+        approve_candidate(registry, outcome, answer(True), RUN)
+    assert snapshot(registry.storage) == before
+    assert read_alias(registry, CANDIDATE) is not None  # still waiting: nobody answered
+
+
+def test_an_answer_needs_the_runs_gate_decision(registry, versions) -> None:
+    outcome = pending(registry, versions[1], run_id="the-deciding-run")
+    before = snapshot(registry.storage)
+    refused = re.escape(f"run {RUN} has no gate decision on dnn")
+    with pytest.raises(RegistryError, match=refused):
+        approve_candidate(registry, outcome, answer(True), RUN)
+    with pytest.raises(RegistryError, match=refused):
+        decline_candidate(registry, outcome, answer(False, "bob"), RUN)
+    assert snapshot(registry.storage) == before and registry.champion() is None
 
 
 @pytest.mark.parametrize(
@@ -244,7 +291,10 @@ def test_a_rejection_or_a_timeout_keeps_the_champion_and_clears_the_candidate(
     event = decline_candidate(registry, outcome, no, RUN)
     assert (event.kind, event.approval, event.approver, event.promoted) == ("approval", status, user, False)
     assert registry.champion() == before and read_alias(registry, CANDIDATE) is None
-    assert alias_history(registry, CANDIDATE)[0].kind == "alias-cleared"
+    assert decline_candidate(registry, outcome, no, RUN) == event  # a retried task answers once
+    assert len([e for e in list_events(registry) if e.kind == "approval"]) == 1
+    candidate_moves = alias_history(registry, CANDIDATE)  # the clearing is in the candidate's history
+    assert [e.kind for e in candidate_moves[:2]] == ["approval", "gate"], [e.kind for e in candidate_moves]
 
 
 def test_only_a_move_is_released(registry, versions) -> None:

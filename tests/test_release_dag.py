@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.release import CHAMPION_ASSET_NAME, Release
 from mnist_pipeline.registry.serving_export import SERVING_ROOT, serving_exports
-from mnist_pipeline.registry.store import ModelRegistry
 from mnist_pipeline.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -29,10 +29,10 @@ def dags(airflow_db) -> dict[str, Any]:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     monkeypatch.setenv("MNIST_REGISTRY_URI", str(tmp_path / "registry"))
     monkeypatch.setenv("MNIST_ARTIFACTS_URI", str(tmp_path / "artifacts"))
-    return ModelRegistry(open_storage(str(tmp_path / "registry")))
+    return Registry(open_storage(str(tmp_path / "registry")))
 
 
 def champion_events() -> list[tuple[int, str | None, str | None, dict]]:

@@ -12,9 +12,10 @@ import pytest
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
 from mnist_pipeline.evaluation.reports import FIGURE_SIZES, REPORT_DIR, gradcam_heatmaps, last_conv_layer
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import GateConfig
 from mnist_pipeline.registry.promotion import PromotionOptions, promote
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import run_key
 from mnist_pipeline.steps import evaluate, ingest, train
 from mnist_pipeline.storage import open_storage
@@ -71,7 +72,7 @@ def test_the_per_class_table_holds_the_evaluated_figures(run: dict[str, Any]) ->
 def test_the_published_version_carries_the_report_and_a_model_card(run: dict[str, Any]) -> None:
     outcome = run["outcome"]
     assert outcome.promoted is True
-    registry = ModelRegistry(open_storage(run["settings"].registry_uri))
+    registry = Registry(open_storage(run["settings"].registry_uri))
     ref = VersionRef(outcome.model, outcome.version)
     for name in FIGURE_SIZES:  # listed in the commit mark, so sha256-verified on every read
         assert read_png(registry.verified_file(ref, f"{REPORT_DIR}/{name}")).shape[0] > 0
@@ -87,7 +88,7 @@ def test_gradcam_finds_the_last_convolution_and_highlights_the_digit(run: dict[s
     from mnist_pipeline.training.architectures import build_model
     from mnist_pipeline.training.model_io import load_model_bytes
 
-    registry = ModelRegistry(open_storage(run["settings"].registry_uri))
+    registry = Registry(open_storage(run["settings"].registry_uri))
     ref = VersionRef(run["outcome"].model, run["outcome"].version)
     model = load_model_bytes(registry.verified_file(ref, "model.keras"))
     convolutions = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]

@@ -11,7 +11,8 @@ import pytest
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.data.mnist import MnistData, split_validation
 from mnist_pipeline.errors import ConfigError, StorageError
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.client import Registry
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import open_storage
 from tests.fault_fixtures import RestartableGcsServer, new_bucket_uri
 from tests.trained_runs import assert_ships_the_weights_validation_scored
@@ -44,24 +45,24 @@ def test_an_outage_longer_than_the_deadline_names_the_object(
     assert store.read_bytes("kept.txt") == b"before the outage" and not store.exists("late.txt")
 
 
-def write_version(registry: ModelRegistry, ref: VersionRef, committed: bool) -> None:
+def write_version(registry: Registry, ref: VersionRef, committed: bool) -> None:
     registry.storage.write_bytes(f"{ref.prefix}/model.keras", b"weights")
     if committed:
         registry.storage.write_json(f"{ref.prefix}/metadata.json", {"files_sha256": {}})
 
 
 def test_only_dead_uploads_are_removed(storage_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = ModelRegistry(open_storage(storage_uri))
+    registry = Registry(open_storage(storage_uri))
     done, uploading, mine = VersionRef("dnn", "v1"), VersionRef("dnn", "v2"), VersionRef("cnn", "v3")
     write_version(registry, done, committed=True)
     write_version(registry, uploading, committed=False)
     write_version(registry, mine, committed=False)
     # Just written: another process may still be uploading it.
-    assert registry.remove_stale_uploads(keep=mine) == []
+    assert registry.files.remove_stale_uploads(keep=mine) == []
     monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "1e-9")
-    assert registry.remove_stale_uploads(keep=mine) == [uploading]
+    assert registry.files.remove_stale_uploads(keep=mine) == [uploading]
     assert registry.storage.list_keys(uploading.prefix) == []
-    assert registry.versions() == [done] and registry.storage.exists(f"{mine.prefix}/model.keras")
+    assert registry.files.uploaded() == [done] and registry.storage.exists(f"{mine.prefix}/model.keras")
 
 
 def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data.incoming import INCOMING, announce_pending, process_incoming
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.data.shifts import redrawn_with_another_pen
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig
 from mnist_pipeline.registry.promotion import PromotionOptions
-from mnist_pipeline.registry.store import ModelRegistry
 from mnist_pipeline.steps import evaluate, ingest, promote, train
 from mnist_pipeline.storage import open_storage
 
@@ -56,7 +56,7 @@ def test_a_warm_started_retrain_on_new_pen_digits_is_promoted_by_the_new_data_sl
     )
     _, _, first = run(settings, "run-base", warm_start=False, trigger="scheduled", epochs=4)
     assert first.promoted
-    champion = ModelRegistry(open_storage(settings.registry_uri)).champion()
+    champion = Registry(open_storage(settings.registry_uri)).champion()
 
     send_shards(settings, mnist)
     report = process_incoming(open_storage(settings.artifacts_uri), "run-incoming", mnist)

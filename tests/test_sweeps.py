@@ -389,12 +389,13 @@ def assert_only_the_winner_was_evaluated(artifacts: Any, run_id: str, table: Tri
 
 
 def assert_the_published_version_shows_the_trials(registry_uri: str, table: TrialTable) -> None:
-    from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+    from mnist_pipeline.registry.client import Registry
+    from mnist_pipeline.registry.store import VersionRef
     from mnist_pipeline.storage import open_storage
     from mnist_pipeline.web.app import load_version
     from mnist_pipeline.web.templates import render
 
-    registry = ModelRegistry(open_storage(registry_uri))
+    registry = Registry(open_storage(registry_uri))
     champion = registry.champion()
     ref = VersionRef(champion.model, champion.version)
     assert registry.metadata(ref)["winning_trial"] == table.winner

@@ -24,7 +24,7 @@ from mnist_pipeline.errors import MnistPipelineError
 from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS
 
 if TYPE_CHECKING:  # the registry is imported when a registry command runs, not at every start
-    from mnist_pipeline.registry.store import ModelRegistry
+    from mnist_pipeline.registry.client import Registry
 
 __all__ = ["main"]
 
@@ -81,7 +81,13 @@ def _registry_parser(registry: argparse.ArgumentParser) -> None:
     promote.add_argument("ref", metavar="MODEL/VERSION")
     promote.add_argument("--reason", required=True)
     actions.add_parser("rollback", help="point back at the previous champion")
-    actions.add_parser("reindex", help="rebuild the registry's indexes from its versions and history")
+    actions.add_parser(
+        "verify", help="check every view (champion, aliases, index, history) against the commit log"
+    )
+    actions.add_parser(
+        "repair", help="set bad objects aside (mnist/quarantine/), rebuild every view from the log"
+    )
+    actions.add_parser("reindex", help="the same as repair (its former name)")
     _alias_parser(actions.add_parser("alias", help="named pointers at versions: champion, candidate, ..."))
 
 
@@ -107,6 +113,10 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+class RegistryMismatch(Exception):
+    """`registry verify` found views that disagree with the log: its report, printed, exits 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -115,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             source=args.source, max_train_images=args.max_train_images
         )
         print(_registry_action(args, settings) if args.step == "registry" else _run_step(args, settings))
+    except RegistryMismatch as mismatch:
+        print(mismatch)
+        return 1
     except MnistPipelineError as exc:
         print(f"mnist-pipeline: error: {exc}", file=sys.stderr)
         return 2
@@ -167,20 +180,24 @@ def _promotion_options(args: argparse.Namespace) -> Any:
 def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> str:
     from mnist_pipeline.cli import render
     from mnist_pipeline.registry import operations
-    from mnist_pipeline.registry.store import ModelRegistry, parse_ref
+    from mnist_pipeline.registry.client import Registry
+    from mnist_pipeline.registry.store import parse_ref
     from mnist_pipeline.storage import open_storage
 
-    registry = ModelRegistry(open_storage(settings.registry_uri))
+    registry = Registry(open_storage(settings.registry_uri))
     if args.action == "list":
         return render.render_versions(registry)
     if args.action == "show":
         return _json(render.version_details(registry, parse_ref(args.ref) if args.ref else None))
     if args.action == "history":
         return render.render_history(registry, args.limit, since=args.since, before=args.before)
-    if args.action == "reindex":
-        from mnist_pipeline.registry.index import rebuild_index
+    if args.action in ("verify", "repair", "reindex"):
+        from mnist_pipeline.registry import integrity
 
-        return _json(rebuild_index(registry.storage))
+        report = (integrity.verify if args.action == "verify" else integrity.repair)(registry)
+        if not report.ok and args.action == "verify":
+            raise RegistryMismatch(_json(report.to_dict()))
+        return _json(report.to_dict())
     if args.action == "promote":
         return _json(operations.promote_version(registry, parse_ref(args.ref), args.reason, _who()).to_dict())
     if args.action == "alias":
@@ -188,7 +205,7 @@ def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> st
     return _json(operations.rollback(registry, _who()).to_dict())
 
 
-def _alias_action(args: argparse.Namespace, registry: ModelRegistry) -> str:
+def _alias_action(args: argparse.Namespace, registry: Registry) -> str:
     from mnist_pipeline.cli import render
     from mnist_pipeline.registry import aliases
     from mnist_pipeline.registry.store import parse_ref

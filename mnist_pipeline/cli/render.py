@@ -7,10 +7,9 @@ from typing import Any
 
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError, StorageError
-from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page
-from mnist_pipeline.registry.index import read_versions
+from mnist_pipeline.registry.client import DEFAULT_PAGE_SIZE, Registry
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import Storage, open_storage
 
 __all__ = [
@@ -47,7 +46,7 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
         )
     verdict = "promoted" if decision["promoted"] else "not promoted"
     lines.append(f"challenger {decision['model']}: {verdict} ({decision['verdict']['reason']})")
-    champion = ModelRegistry(open_storage(settings.registry_uri)).champion()
+    champion = Registry(open_storage(settings.registry_uri)).champion()
     if champion:
         lines.append(
             f"champion {champion.model}/{champion.version}"
@@ -56,19 +55,20 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
     return "\n".join(lines)
 
 
-def render_versions(registry: ModelRegistry) -> str:
-    champion = registry.champion_ref()
-    expect = (champion.model, champion.version) if champion else None
+def render_versions(registry: Registry) -> str:
+    state = registry.state()
+    champion = registry.champion(state)
+    champion_ref = VersionRef(champion.model, champion.version) if champion else None
     lines = [f"  {'model/version':<36} {'accuracy':>8}  trained at"]
-    for entry in read_versions(registry.storage, expect=expect):  # the versions index: one read
+    for entry in registry.version_entries(state):
         ref = VersionRef(entry.model, entry.version)
-        mark = "*" if ref == champion else " "
+        mark = "*" if ref == champion_ref else " "
         shown = f"{entry.accuracy:.4f}" if entry.accuracy is not None else "?"
         lines.append(f"{mark} {ref!s:<36} {shown:>8}  {entry.trained_at or '?'}")
     return "\n".join(lines) if len(lines) > 1 else "no published versions"
 
 
-def version_details(registry: ModelRegistry, ref: VersionRef | None) -> dict[str, Any]:
+def version_details(registry: Registry, ref: VersionRef | None) -> dict[str, Any]:
     champion = registry.champion_ref()
     if ref is None:
         if champion is None:
@@ -78,13 +78,13 @@ def version_details(registry: ModelRegistry, ref: VersionRef | None) -> dict[str
 
 
 def render_history(
-    registry: ModelRegistry,
+    registry: Registry,
     limit: int = DEFAULT_PAGE_SIZE,
     since: str | None = None,
     before: str | None = None,
 ) -> str:
     """The newest `limit` events (not older than `since`, older than `before`), newest first."""
-    page = history_page(registry.storage, limit, since=since, before=before)
+    page = registry.history_page(limit, since=since, before=before)
     lines = []
     for event in page.events:
         verdict = "PROMOTED" if event.promoted else "kept"

@@ -1,16 +1,12 @@
 """Named aliases: movable names for a published version (`champion`, `candidate`, `staging`,
-`shadow`...), as MLflow and Vertex AI name theirs.
+`shadow`...), as MLflow and Vertex AI name theirs, and what a person does to them by hand.
 
-`champion` is one alias among them, kept where it always was: `mnist/champion.json`, moved by the
-gate, by a manual promotion and by a rollback (`operations`), its events in the main history. Every
-other alias is a pointer of its own, `mnist/aliases/<alias>.json` (a `ChampionPointer`, the reason
-in its `verdict`), with its events in `mnist/alias-history/<alias>/` (`layout`). Each pointer is
-moved by compare-and-swap, so that concurrent writers lose no move and each records its event, and
-remembers the targets before it, for rollback.
-
-Clearing an alias writes a tombstone in place of its pointer rather than deleting it: storage offers
-no conditional delete, and an unconditional one could remove the pointer another writer has just
-set. The tombstone remembers the target it cleared, so that a rollback brings it back.
+Every move is one commit of the log (`client.Registry.commit`): set (for `champion`, a manual
+promotion), cleared (never the champion: something must serve), rolled back to the target before.
+Each pointer remembers the targets before it, for rollback. A move states the commit it is based
+on (by default the state it was read from): if the alias moved since, it is refused, naming what
+moved it, and nothing is written. A `request_id` makes a move idempotent: retried, it finds its
+commit instead of moving the alias again.
 """
 
 from __future__ import annotations
@@ -18,19 +14,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.records import Record
+from mnist_pipeline.registry.client import Registry, moved_since
 from mnist_pipeline.registry.gate import Verdict
-from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page, read_event, write_event
-from mnist_pipeline.registry.layout import ALIAS_HISTORY_PREFIX, ALIASES_PREFIX, CHAMPION_KEY
-from mnist_pipeline.registry.operations import promote_version, rollback
-from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.records import (
+    AliasMove,
+    ChampionPointer,
+    Cleared,
+    Commit,
+    HistoryEvent,
+    VersionSummary,
+)
+from mnist_pipeline.registry.state import CHAMPION, AliasState, RegistryState
+from mnist_pipeline.registry.store import VersionRef
+from mnist_pipeline.registry.views import alias_view_key
 from mnist_pipeline.runs import utc_now
-from mnist_pipeline.storage import Storage, compare_and_swap
 
 __all__ = [
     "CANDIDATE",
@@ -39,53 +39,18 @@ __all__ = [
     "alias_key",
     "clear_alias",
     "list_aliases",
-    "move_alias",
     "read_alias",
     "rollback_alias",
     "set_alias",
     "validate_alias",
 ]
 
-CHAMPION = "champion"
 CANDIDATE = "candidate"
-_Result = TypeVar("_Result")
 # Aliases become object names and URL-friendly labels: lowercase, so that `Staging` and `staging`
 # can never be two aliases.
 _ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _ALIAS_RULE = "a lowercase letter, then up to 39 lowercase letters, digits or '-' (^[a-z][a-z0-9-]{0,39}$)"
-_TOMBSTONE_MARK = "cleared_at"  # the field only a tombstone has
-
-
-@dataclass(frozen=True)
-class _Cleared(Record):
-    """What a cleared alias leaves in place of its pointer: when, by whom, why, and what it cleared."""
-
-    cleared_at: str
-    reason: str
-    cleared_by: str | None = None
-    previous: ChampionPointer | None = None
-
-
-@dataclass(frozen=True)
-class _AliasState:
-    """An alias's stored object, read: its pointer, or the tombstone of its clearing, or neither."""
-
-    pointer: ChampionPointer | None = None
-    cleared: _Cleared | None = None
-
-    @property
-    def last_target(self) -> ChampionPointer | None:
-        """What a new pointer remembers: the current target, else the one cleared."""
-        return self.pointer or (self.cleared.previous if self.cleared else None)
-
-    @property
-    def earlier_target(self) -> ChampionPointer | None:
-        """Where a rollback goes: the target before the current one, or the one cleared."""
-        return self.pointer.previous if self.pointer else self.last_target
-
-
-_Stored = ChampionPointer | _Cleared
-_Rollback = tuple[ChampionPointer, ChampionPointer | None]  # the target restored, the one it replaced
+_Make = Callable[[AliasState], tuple[AliasMove, HistoryEvent] | None]
 
 
 def validate_alias(name: str) -> str:
@@ -96,44 +61,22 @@ def validate_alias(name: str) -> str:
 
 
 def alias_key(alias: str) -> str:
-    """The pointer's key: `champion.json` where it always was, every other alias under `aliases/`."""
-    return CHAMPION_KEY if validate_alias(alias) == CHAMPION else f"{ALIASES_PREFIX}{alias}.json"
+    """The alias's view: `champion.json` where it always was, every other alias under `aliases/`."""
+    return alias_view_key(validate_alias(alias))
 
 
-def read_alias(registry: ModelRegistry, alias: str) -> ChampionPointer | None:
+def read_alias(registry: Registry, alias: str) -> ChampionPointer | None:
     """The version `alias` points at now; None when it is not set (never set, or cleared)."""
-    if validate_alias(alias) == CHAMPION:
-        return registry.champion()
-    return _read_state(registry, alias).pointer
+    return registry.state().alias(validate_alias(alias)).pointer
 
 
-def list_aliases(registry: ModelRegistry) -> dict[str, ChampionPointer]:
-    """Every alias set now, the champion first, then by name: one read of the champion, one listing
-    and one read per other alias, however often they moved."""
-    champion = registry.champion()
-    found = {CHAMPION: champion} if champion else {}
-    for alias in _stored_aliases(registry.storage):
-        pointer = _read_state(registry, alias).pointer
-        if pointer is not None:
-            found[alias] = pointer
-    return found
-
-
-def move_alias(
-    registry: ModelRegistry,
-    alias: str,
-    decide: Callable[[ChampionPointer | None], tuple[ChampionPointer | None, _Result]],
-) -> _Result:
-    """Compare-and-swap on the alias's pointer, as `ModelRegistry.move_champion` on the champion's:
-    `decide(current)` returns (the new pointer, or None to leave it, and a result); a lost race
-    decides again on what the other writer left. The new target must be completely published."""
-    if validate_alias(alias) == CHAMPION:
-        return registry.move_champion(decide)
-    return _swap(registry, alias, lambda state: decide(state.pointer))
+def list_aliases(registry: Registry) -> dict[str, ChampionPointer]:
+    """Every alias set now, the champion first, then by name."""
+    return registry.aliases()
 
 
 def set_alias(
-    registry: ModelRegistry,
+    registry: Registry,
     alias: str,
     ref: VersionRef,
     who: str,
@@ -141,73 +84,136 @@ def set_alias(
     *,
     run_id: str | None = None,
     metrics: dict[str, float] | None = None,
+    based_on: int | None = None,
+    request_id: str | None = None,
 ) -> HistoryEvent:
-    """Point `alias` at `ref`, whose model file must still match its hash, and record the move in the
-    alias's history; the pointer remembers the targets before it. `champion`: a manual promotion."""
-    if validate_alias(alias) == CHAMPION:
-        return promote_version(registry, ref, reason, who, run_id=run_id, metrics=metrics)
-    _require_reason(reason, f"setting alias {alias!r}")
-    pointer = _pointer_at(registry, alias, ref, who, reason, run_id, metrics)
-    replaced = _swap(registry, alias, lambda state: (pointer.succeeding(state.last_target), state.pointer))
-    return _record(registry.storage, _event("alias-set", alias, pointer, replaced, who, reason, run_id))
+    """Point `alias` at `ref`, whose model file must still match its hash; `champion`: a manual
+    promotion, bypassing the gate."""
+    champion = validate_alias(alias) == CHAMPION
+    _require_reason(reason, "a manual promotion" if champion else f"setting alias {alias!r}")
+    state = registry.state()
+    pointer = _pointer_at(registry, state, alias, ref, who, reason, run_id, metrics)
+    kind = "manual-promotion" if champion else "alias-set"
+
+    def make(current: AliasState) -> tuple[AliasMove, HistoryEvent]:
+        moved = pointer.succeeding(current.last_target)
+        return AliasMove(alias, moved), _event(kind, alias, moved, current.pointer, who, reason, run_id)
+
+    event = _move(registry, state, alias, "promote" if champion else "alias-set", make, based_on, request_id)
+    assert event is not None  # a set always moves
+    return event
 
 
-def clear_alias(registry: ModelRegistry, alias: str, who: str, reason: str) -> HistoryEvent | None:
+def clear_alias(
+    registry: Registry,
+    alias: str,
+    who: str,
+    reason: str,
+    *,
+    based_on: int | None = None,
+    request_id: str | None = None,
+) -> HistoryEvent | None:
     """Unset `alias` and record it; None, recording nothing, when it was not set. The champion is
     never cleared: something must serve."""
     if validate_alias(alias) == CHAMPION:
         raise RegistryError("alias 'champion' cannot be cleared: promote another version or roll back")
     _require_reason(reason, f"clearing alias {alias!r}")
 
-    def tombstone(state: _AliasState) -> tuple[_Cleared | None, ChampionPointer | None]:
-        if state.pointer is None:
-            return None, None
-        return _Cleared(utc_now(), reason, who, state.pointer), state.pointer
+    def make(current: AliasState) -> tuple[AliasMove, HistoryEvent] | None:
+        if current.pointer is None:
+            return None
+        cleared = Cleared(utc_now(), reason, who, current.pointer)
+        event = _event("alias-cleared", alias, current.pointer, current.pointer, who, reason)
+        return AliasMove(alias, cleared=cleared), event
 
-    cleared = _swap(registry, alias, tombstone)
-    if cleared is None:
-        return None
-    return _record(registry.storage, _event("alias-cleared", alias, cleared, cleared, who, reason))
+    return _move(registry, registry.state(), alias, "alias-cleared", make, based_on, request_id)
 
 
-def rollback_alias(registry: ModelRegistry, alias: str, who: str) -> HistoryEvent:
+def rollback_alias(
+    registry: Registry, alias: str, who: str, *, based_on: int | None = None, request_id: str | None = None
+) -> HistoryEvent:
     """Point `alias` back at its target before the current one (after a clear: the one cleared)."""
-    if validate_alias(alias) == CHAMPION:
-        return rollback(registry, who)
+    champion = validate_alias(alias) == CHAMPION
 
-    def previous_of(state: _AliasState) -> tuple[ChampionPointer, _Rollback]:
-        if state.earlier_target is None:
+    def make(current: AliasState) -> tuple[AliasMove, HistoryEvent]:
+        earlier = current.earlier_target
+        if earlier is None and champion:
+            raise RegistryError("there is no previous champion to roll back to")
+        if earlier is None:
             raise RegistryError(f"alias {alias!r} has no previous target to roll back to")
-        restored = state.earlier_target.restored(utc_now())
-        return restored, (restored, state.pointer)
+        restored = earlier.restored(utc_now())
+        kind = "rollback" if champion else "alias-rollback"
+        return AliasMove(alias, restored), _event(kind, alias, restored, current.pointer, who, "rollback")
 
-    restored, replaced = _swap(registry, alias, previous_of)
-    return _record(registry.storage, _event("alias-rollback", alias, restored, replaced, who, "rollback"))
+    kind = "rollback" if champion else "alias-rollback"
+    event = _move(registry, registry.state(), alias, kind, make, based_on, request_id)
+    assert event is not None
+    return event
 
 
-def alias_history(registry: ModelRegistry, alias: str, limit: int | None = None) -> list[HistoryEvent]:
-    """The alias's moves, newest first, the newest `limit` of them. `champion`: the main history's
-    events that moved it (gate promotions, manual promotions, rollbacks)."""
+def alias_history(registry: Registry, alias: str, limit: int | None = None) -> list[HistoryEvent]:
+    """The alias's moves, newest first, the newest `limit` of them. `champion`: the history's events
+    that moved it (gate promotions, approvals, manual promotions, rollbacks)."""
     if limit is not None and limit < 1:
         raise RegistryError(f"a history shows at least 1 event, not {limit}")
     if validate_alias(alias) == CHAMPION:
-        return _champion_moves(registry.storage, limit)
-    keys = [key for key in registry.storage.list_keys(_history_prefix(alias)) if key.endswith(".json")]
-    newest_first = keys[::-1][:limit]  # keys start with their UTC time
-    return [read_event(registry.storage, key) for key in newest_first]
+        return _champion_moves(registry, limit)
+    return registry.alias_events(alias, limit)
 
 
-def _champion_moves(storage: Storage, limit: int | None) -> list[HistoryEvent]:
-    """The main history's promoting events, a page at a time until `limit` of them are found."""
+def _champion_moves(registry: Registry, limit: int | None) -> list[HistoryEvent]:
+    """The history's promoting events, a page at a time until `limit` of them are found."""
+    state = registry.state()
     moves: list[HistoryEvent] = []
     before = None
     while limit is None or len(moves) < limit:
-        page = history_page(storage, DEFAULT_PAGE_SIZE, before=before)
+        page = registry.history_page(before=before, state=state)
         moves.extend(event for event in page.events if event.promoted and event.alias is None)
         if page.older is None:
             break
         before = page.older
     return moves[:limit]
+
+
+def _move(
+    registry: Registry,
+    read: RegistryState,
+    alias: str,
+    kind: str,
+    make: _Make,
+    based_on: int | None,
+    request_id: str | None,
+) -> HistoryEvent | None:
+    """Commit the move `make` drafts from the alias's current state, refused if the alias moved
+    after `based_on` (by default: the state `read`)."""
+    base = read.number if based_on is None else based_on
+
+    def draft(state: RegistryState) -> Commit | None:
+        if request_id is not None and request_id in state.requests:
+            return None
+        moved_since(registry, state, alias, base, "the registry was read")
+        made = make(state.alias(alias))
+        if made is None:
+            return None
+        move, event = made
+        return Commit(
+            0,
+            kind,
+            "",
+            str(event.trigger),
+            event.verdict.reason,
+            based_on=base,
+            run_id=event.run_id,
+            model=event.model,
+            request_id=request_id,
+            event=event,
+            moves=[move],
+        )
+
+    commit, state = registry.commit(draft)
+    if commit is None and request_id is not None and request_id in state.requests:
+        commit = registry.read_commit(state.requests[request_id])  # a retry: what the first try did
+    return commit.event if commit is not None else None
 
 
 def _require_reason(reason: str, doing: str) -> None:
@@ -216,7 +222,8 @@ def _require_reason(reason: str, doing: str) -> None:
 
 
 def _pointer_at(
-    registry: ModelRegistry,
+    registry: Registry,
+    state: RegistryState,
     alias: str,
     ref: VersionRef,
     who: str,
@@ -224,20 +231,25 @@ def _pointer_at(
     run_id: str | None,
     metrics: dict[str, float] | None,
 ) -> ChampionPointer:
-    """A pointer at `ref`, refused unless its model file still matches its hash: nothing is written."""
+    """A pointer at `ref`, refused unless it is published and its model file still matches its
+    hash: nothing is written."""
     try:
-        metadata = registry.metadata(ref)  # an unknown version stops here...
-        registry.verified_file(ref, "model.keras")  # ...and a tampered one here
+        if not state.is_published(ref.model, ref.version):
+            raise RegistryError(f"unknown version {ref} in registry {registry.storage.root_uri}")
+        metadata = registry.metadata(ref)
+        registry.verified_file(ref, "model.keras")  # a tampered version stops here
         measured = _measured(registry, ref, metadata)
     except RegistryError as exc:
         raise RegistryError(f"cannot set alias {alias!r} to {ref}: {exc}") from None
     if metrics is None:
         metrics = {name: measured[name] for name in ("accuracy", "loss") if name in measured}
+    champion = alias == CHAMPION
     return ChampionPointer.for_version(
         VersionSummary(ref.model, ref.version, dict(metrics)),
         registry.uri(ref),
         utc_now(),
-        reason,
+        f"manual promotion: {reason}" if champion else reason,
+        forced=champion,
         run_id=run_id,
         test_hash=measured.get("test_hash"),
         data_hash=metadata.get("data_hash"),
@@ -245,7 +257,7 @@ def _pointer_at(
     )
 
 
-def _measured(registry: ModelRegistry, ref: VersionRef, metadata: dict[str, Any]) -> dict[str, Any]:
+def _measured(registry: Registry, ref: VersionRef, metadata: dict[str, Any]) -> dict[str, Any]:
     """The version's metrics.json, sha256-verified; {} for a version published without one."""
     if "metrics.json" not in metadata.get("files_sha256", {}):
         return {}
@@ -263,64 +275,17 @@ def _event(
     run_id: str | None = None,
 ) -> HistoryEvent:
     moved = kind != "alias-cleared"  # a clear points the alias at nothing
+    champion = alias == CHAMPION
     return HistoryEvent(
         kind=kind,
-        alias=alias,
+        alias=None if champion else alias,  # the champion's events are the history's own
         trigger=who,
         model=pointer.model,
         version=pointer.version,
         metrics=dict(pointer.metrics),
-        verdict=Verdict(promote=moved, reason=reason),
+        verdict=Verdict(promote=moved, reason=reason, forced=champion),
         promoted=moved,
+        forced=champion,
         run_id=run_id,
         previous_champion=replaced.summary() if replaced else None,
     )
-
-
-def _record(storage: Storage, event: HistoryEvent) -> HistoryEvent:
-    """Write the event in its alias's own history. It is not indexed: the main history's indexes
-    are about the champion, and an alias's history is read by listing its one folder."""
-    return write_event(storage, event, _history_prefix(str(event.alias)))[1]
-
-
-def _history_prefix(alias: str) -> str:
-    return f"{ALIAS_HISTORY_PREFIX}{alias}/"
-
-
-def _swap(
-    registry: ModelRegistry, alias: str, decide: Callable[[_AliasState], tuple[_Stored | None, _Result]]
-) -> _Result:
-    """Compare-and-swap on a non-champion alias's object: `decide(state)` returns the pointer or
-    tombstone to store (None: leave it) and a result. A pointer must target a published version."""
-    key = alias_key(alias)
-
-    def on_bytes(data: bytes | None) -> tuple[bytes | None, _Result]:
-        stored, result = decide(_parse_state(registry, key, data))
-        if stored is None:
-            return None, result
-        if isinstance(stored, ChampionPointer):
-            return registry.champion_payload(stored, f"alias {alias!r}"), result
-        return json.dumps(stored.to_dict(), indent=2, sort_keys=True).encode(), result
-
-    return compare_and_swap(registry.storage, key, on_bytes)
-
-
-def _read_state(registry: ModelRegistry, alias: str) -> _AliasState:
-    key = alias_key(alias)
-    return _parse_state(registry, key, registry.storage.read_versioned(key)[0])
-
-
-def _parse_state(registry: ModelRegistry, key: str, data: bytes | None) -> _AliasState:
-    if data is None:
-        return _AliasState()
-    payload, where = registry.parse_json(key, data), registry.storage.uri(key)
-    if isinstance(payload, dict) and _TOMBSTONE_MARK in payload:
-        return _AliasState(cleared=_Cleared.from_dict(payload, where))
-    return _AliasState(pointer=ChampionPointer.from_dict(payload, where))
-
-
-def _stored_aliases(storage: Storage) -> list[str]:
-    """The aliases with an object under `aliases/`, by name: one listing. Keys this module would not
-    have written (another name, a stray file) are no alias."""
-    names = [key[len(ALIASES_PREFIX) :].removesuffix(".json") for key in storage.list_keys(ALIASES_PREFIX)]
-    return sorted(name for name in names if _ALIAS_PATTERN.fullmatch(name) and name != CHAMPION)

@@ -4,13 +4,14 @@ The gate allowed the promotion, so the version is published and the alias `candi
 (`promotion`, its decision recorded as `pending`). A person then answers the approval request
 (`approval_request`: the verdict, each slice's figures and a link to the version's page):
 
-- approved (`approve_candidate`): the champion moves to the candidate by compare-and-swap, only if
-  the candidate still is the version this run published; history records the approver; the move
+- approved (`approve_candidate`): one commit moves the champion to the candidate and clears the
+  candidate, based on the run's gate decision: if a person promoted or rolled back since, or the
+  candidate moved, it is refused with what moved, when and by whom (never a lost update); the move
   is a `Release`, which the `mnist_champion` asset announces;
-- rejected, or no answer before the timeout (`decline_candidate`): the champion stays, history
-  records who rejected (or the timeout), and the candidate is cleared.
+- rejected, or no answer before the timeout (`decline_candidate`): one commit records who rejected
+  (or the timeout) and clears the run's candidate; the champion stays.
 
-A retried step finds what an earlier try did and does not do it twice.
+A retried step finds its answer's commit and does not answer twice.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ from typing import Any
 
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.records import Record
-from mnist_pipeline.registry.aliases import CANDIDATE, clear_alias, read_alias
+from mnist_pipeline.registry.aliases import CANDIDATE
+from mnist_pipeline.registry.client import Registry, moved_since
 from mnist_pipeline.registry.gate import SliceVerdict
-from mnist_pipeline.registry.history import find_promotion, record_event
 from mnist_pipeline.registry.promotion import PromotionOutcome
-from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
+from mnist_pipeline.registry.records import (
+    AliasMove,
+    ChampionPointer,
+    Cleared,
+    Commit,
+    HistoryEvent,
+    VersionSummary,
+)
 from mnist_pipeline.registry.release import Release
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.state import CHAMPION, RegistryState
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import utc_now
 
 __all__ = [
@@ -141,7 +150,7 @@ def _recall_lines(drops: dict[str, float]) -> list[str]:
 
 
 def released(
-    registry: ModelRegistry, outcome: PromotionOutcome, answer: ApprovalAnswer | None, run_id: str
+    registry: Registry, outcome: PromotionOutcome, answer: ApprovalAnswer | None, run_id: str
 ) -> Release | None:
     """The release the run made, if the champion moved: by the gate, or by an approval (moving it
     now). None when nothing moved: a dry run, a kept champion, a rejection."""
@@ -156,28 +165,85 @@ def released(
 
 
 def approve_candidate(
-    registry: ModelRegistry, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
+    registry: Registry, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
 ) -> Release:
-    """Move the champion to the run's candidate (compare-and-swap; refused when the candidate is no
-    longer this run's version), record the approver, clear the candidate."""
+    """Move the champion to the run's candidate and clear the candidate, in one commit based on the
+    run's gate decision: refused (`ConflictError`) if the champion or the candidate moved since,
+    naming what moved it. A retry finds the answer already committed."""
     ref = _candidate_of(outcome)
-    if find_promotion(registry.storage, run_id, ref.model) is None:  # else an earlier try moved it
-        pointer = _approved_pointer(registry, ref, outcome, answer, run_id)
-        previous = registry.move_champion(lambda current: _swap_in(registry, pointer, run_id, current))
-        record_event(registry.storage, _answer_event(outcome, answer, run_id, previous, promoted=True))
-    _clear_candidate(registry, ref, run_id, answer, "approved: it is the champion now")
+    decided = _decision(registry, run_id, ref)
+    pointer = _approved_pointer(registry, ref, outcome, answer, run_id)
+
+    def draft(state: RegistryState) -> Commit | None:
+        if state.answer_of(run_id, ref.model) is not None:
+            return None
+        moved_since(registry, state, CHAMPION, decided, "this run's gate")
+        moved_since(registry, state, CANDIDATE, decided, "this run's gate")
+        event = _answer_event(outcome, answer, run_id, state.champion, promoted=True)
+        moves = [AliasMove(CHAMPION, pointer.succeeding(state.champion)), _cleared(state, answer)]
+        return _answer_commit(event, answer, decided, run_id, moves)
+
+    commit, state = registry.commit(draft)
+    if commit is None:
+        earlier = registry.read_commit(state.answer_of(run_id, ref.model) or 0)
+        if earlier is None or earlier.event is None or not earlier.event.promoted:
+            raise RegistryError(f"run {run_id}'s candidate {ref} was answered already, and not approved")
     return Release(ref.model, ref.version, registry.uri(ref), dict(outcome.metrics or {}))
 
 
 def decline_candidate(
-    registry: ModelRegistry, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
+    registry: Registry, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
 ) -> HistoryEvent:
-    """Leave the champion, record the rejection (or the timeout) and clear the run's candidate."""
+    """Leave the champion, record the rejection (or the timeout) and clear the run's candidate, in
+    one commit; a retry finds it."""
     ref = _candidate_of(outcome)
-    event = _answer_event(outcome, answer, run_id, registry.champion(), promoted=False)
-    recorded = record_event(registry.storage, event)
-    _clear_candidate(registry, ref, run_id, answer, f"{answer.status}: the champion stays")
-    return recorded
+    decided = _decision(registry, run_id, ref)
+
+    def draft(state: RegistryState) -> Commit | None:
+        if state.answer_of(run_id, ref.model) is not None:
+            return None
+        event = _answer_event(outcome, answer, run_id, state.champion, promoted=False)
+        candidate = state.alias(CANDIDATE).pointer
+        ours = candidate is not None and _is_runs(candidate, ref, run_id)
+        return _answer_commit(event, answer, decided, run_id, [_cleared(state, answer)] if ours else [])
+
+    commit, state = registry.commit(draft)
+    if commit is None:
+        commit = registry.read_commit(state.answer_of(run_id, ref.model) or 0)
+    if commit is None or commit.event is None:
+        raise RegistryError(f"run {run_id}'s answer on {ref} is unreadable in the registry's log")
+    return commit.event
+
+
+def _decision(registry: Registry, run_id: str, ref: VersionRef) -> int:
+    decided = registry.state().decision_of(run_id, ref.model)
+    if decided is None:
+        raise RegistryError(f"run {run_id} has no gate decision on {ref.model} in the registry to answer")
+    return decided
+
+
+def _cleared(state: RegistryState, answer: ApprovalAnswer) -> AliasMove:
+    reason = "approved: it is the champion now" if answer.approved else f"{answer.status}: the champion stays"
+    return AliasMove(
+        CANDIDATE, cleared=Cleared(utc_now(), reason, answer.who, state.alias(CANDIDATE).pointer)
+    )
+
+
+def _answer_commit(
+    event: HistoryEvent, answer: ApprovalAnswer, decided: int, run_id: str, moves: list[AliasMove]
+) -> Commit:
+    return Commit(
+        0,
+        "approval",
+        "",
+        answer.who,
+        event.verdict.reason,
+        based_on=decided,
+        run_id=run_id,
+        model=event.model,
+        event=event,
+        moves=moves,
+    )
 
 
 def _candidate_of(outcome: PromotionOutcome) -> VersionRef:
@@ -186,22 +252,8 @@ def _candidate_of(outcome: PromotionOutcome) -> VersionRef:
     return VersionRef(outcome.model, str(outcome.version))
 
 
-def _swap_in(
-    registry: ModelRegistry, pointer: ChampionPointer, run_id: str, current: ChampionPointer | None
-) -> tuple[ChampionPointer | None, ChampionPointer | None]:
-    """One round of the champion's compare-and-swap: the candidate must still be the run's version."""
-    ref = VersionRef(pointer.model, pointer.version)
-    if current is not None and _is_runs(current, ref, run_id):
-        return None, current.previous  # an earlier try moved it and died before its history event
-    candidate = read_alias(registry, CANDIDATE)
-    if candidate is None or not _is_runs(candidate, ref, run_id):
-        now = f"{candidate.model}/{candidate.version}" if candidate else "not set"
-        raise RegistryError(f"the candidate is now {now}, not {ref} of run {run_id}: the champion stays")
-    return pointer.succeeding(current), current
-
-
 def _approved_pointer(
-    registry: ModelRegistry, ref: VersionRef, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
+    registry: Registry, ref: VersionRef, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
 ) -> ChampionPointer:
     metadata = registry.metadata(ref)
     measured = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
@@ -249,15 +301,6 @@ def _answer_reason(gate: str, answer: ApprovalAnswer, promoted: bool) -> str:
     if answer.timed_out:
         return f"no answer before the approval timeout: the champion stays (gate: {gate})"
     return f"rejected by {answer.who}: the champion stays (gate: {gate})"
-
-
-def _clear_candidate(
-    registry: ModelRegistry, ref: VersionRef, run_id: str, answer: ApprovalAnswer, reason: str
-) -> None:
-    """Clear the alias `candidate` if it still names the run's version (another run's stays)."""
-    candidate = read_alias(registry, CANDIDATE)
-    if candidate is not None and _is_runs(candidate, ref, run_id):
-        clear_alias(registry, CANDIDATE, answer.who, reason)
 
 
 def _is_runs(pointer: ChampionPointer, ref: VersionRef, run_id: str) -> bool:

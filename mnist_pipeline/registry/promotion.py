@@ -6,13 +6,15 @@ Order of work, so that no reader ever sees a half-written registry:
    seen, its predictions cached by the slice's hash), or the floor when there is no champion;
 2. serving check: the exported SavedModel, loaded in a clean process, predicts what was evaluated;
 3. publish: every file of the version, then `metadata.json` (the commit mark);
-4. move `champion.json` by compare-and-swap; a lost race re-reads the champion and re-gates;
-5. record the decision in the append-only history, promoted or not.
-A retried task whose run already promoted finds its history event and does nothing.
+4. commit the decision (promoted, kept, or pending approval) to the registry's log, based on the
+   champion it was judged against: the one write that decides. If the champion moved since, the
+   commit is refused (`ConflictError`) and the task fails for Airflow to retry: the retry re-gates.
+A retried task whose run already decided finds its decision's commit and judges nothing again:
+it returns the same outcome, so release, asset event and serving export follow as they would have.
 
-When a person must approve (`PromotionOptions.approval`), step 4 is left to them: the published
-version becomes the alias `candidate`, the decision is recorded as `pending`, and `approval`
-moves the champion once they approve.
+When a person must approve (`PromotionOptions.approval`), the commit points the alias `candidate`
+at the published version and records the decision as `pending`; `approval` moves the champion
+once they approve.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ import numpy as np
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.data.snapshot import read_snapshot
-from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.errors import ConfigError, RegistryError
 from mnist_pipeline.evaluation.metrics import labels_from_npy, labels_npy
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.serving import ServingCheckError
 from mnist_pipeline.records import Record
-from mnist_pipeline.registry.aliases import CANDIDATE, read_alias, set_alias
+from mnist_pipeline.registry.aliases import CANDIDATE
+from mnist_pipeline.registry.client import Registry, moved_since
 from mnist_pipeline.registry.gate import MNIST_TEST, NEW_DATA, GateConfig, Slice, Verdict, judge
-from mnist_pipeline.registry.history import find_promotion, record_event, stamp
 from mnist_pipeline.registry.publication import publish_challenger
-from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.records import AliasMove, ChampionPointer, Commit, HistoryEvent, VersionSummary
+from mnist_pipeline.registry.state import CHAMPION, RegistryState, next_time
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import model_key, run_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 
@@ -63,6 +66,7 @@ class PromotionOptions:
     trigger: str = "manual"  # who or what started the run: scheduled, manual, asset_triggered, cli...
     run_conf: dict[str, Any] = field(default_factory=dict)  # the run's parameters, for lineage
     approval: bool = False  # a person approves the move: publish it as the candidate, move nothing
+    attempt: int | None = None  # the task's try, recorded in its commit
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def pick_challenger(evaluations: list[EvaluationRecord]) -> EvaluationRecord:
 
 @dataclass
 class _Context:
-    registry: ModelRegistry
+    registry: Registry
     artifacts: Storage
     challenger: EvaluationRecord
     data: MnistData
@@ -115,42 +119,46 @@ def promote(
 ) -> PromotionOutcome:
     options = options or PromotionOptions()
     challenger = pick_challenger(evaluations)
-    registry = ModelRegistry(open_storage(settings.registry_uri))
+    registry = Registry(open_storage(settings.registry_uri))
     artifacts = open_storage(settings.artifacts_uri)
-    done = find_promotion(registry.storage, run_id, challenger.model)
-    if done is None and options.approval:
-        done = _pending_candidate(registry, artifacts, run_id, challenger.model)
-    if done is not None and not options.dry_run:
-        log.info("run %s already promoted %s/%s: nothing to do", run_id, done.model, done.version)
-        return PromotionOutcome.of(done, noop=True)
+    state = registry.state()
+    decided = state.decision_of(run_id, challenger.model)
+    if decided is not None and not options.dry_run:
+        event = _decision_event(registry, decided)
+        log.info(
+            "run %s already decided on %s (commit %d): %s", run_id, event.model, decided, event.verdict.reason
+        )
+        _record_outcome(artifacts, run_id, event, evaluations)  # what a killed try may not have written
+        return PromotionOutcome.of(event, noop=True)
     data = read_snapshot(artifacts, challenger.data_hash)
     ctx = _Context(registry, artifacts, challenger, data, run_id, options)
-    event = registry.move_champion(lambda champion: _gate(ctx, champion))
-    event = stamp(event) if options.dry_run else record_event(registry.storage, event)
-    if event.approval == APPROVAL_PENDING:
-        _name_candidate(registry, event)
-    candidates = [evaluation.to_dict() for evaluation in sorted(evaluations, key=lambda e: -e.accuracy)]
-    artifacts.write_json(f"{run_key(run_id)}/promotion.json", event.to_dict() | {"candidates": candidates})
+    event = _decide(ctx, state)
+    _record_outcome(artifacts, run_id, event, evaluations)
     log.info("promotion of %s: %s", challenger.model, event.verdict.reason)
     return PromotionOutcome.of(event)
 
 
-def _gate(ctx: _Context, champion: ChampionPointer | None) -> tuple[ChampionPointer | None, HistoryEvent]:
-    """One round of the compare-and-swap: judge against `champion`; publish and point when it wins."""
+def _decide(ctx: _Context, state: RegistryState) -> HistoryEvent:
+    """Judge against the champion of `state`, publish when the gate allows, then commit the
+    decision based on `state`: refused if the champion moved since (the gate is then re-run)."""
+    champion = state.champion
     verdict = judge(_slices(ctx, champion), ctx.options.gate, ctx.options.force)
-    if ctx.options.dry_run or not verdict.promote:
-        return None, _event(ctx, verdict, champion, promoted=False)
+    if ctx.options.dry_run:
+        return replace(_event(ctx, verdict, champion, promoted=False), time=next_time(""))
+    if not verdict.promote:
+        return _commit_decision(ctx, state.number, _event(ctx, verdict, champion, promoted=False))
     try:
         lineage = {"trigger": ctx.options.trigger, "conf": ctx.options.run_conf}
         published = publish_challenger(
-            ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, lineage, verdict
+            ctx.registry, ctx.artifacts, ctx.challenger, ctx.data, lineage, verdict, ctx.run_id
         )
     except ServingCheckError as exc:
         blocked = replace(verdict, blocked=str(exc))
-        record_event(ctx.registry.storage, _event(ctx, blocked, champion, promoted=False))
+        _commit_decision(ctx, state.number, _event(ctx, blocked, champion, promoted=False))
         raise
     if ctx.options.approval:  # a person moves the champion, once they approve (`approval`)
-        return None, _event(ctx, verdict, champion, False, published.version, APPROVAL_PENDING)
+        pending = _event(ctx, verdict, champion, False, published.version, APPROVAL_PENDING)
+        return _commit_decision(ctx, state.number, pending, _candidate_pointer(ctx, pending))
     pointer = ChampionPointer.for_version(
         VersionSummary(published.model, published.version, _headline(ctx.challenger)),
         ctx.registry.uri(published),
@@ -162,7 +170,75 @@ def _gate(ctx: _Context, champion: ChampionPointer | None) -> tuple[ChampionPoin
         data_hash=ctx.challenger.data_hash,
     )
     event = _event(ctx, verdict, champion, promoted=True, version=published.version)
-    return pointer.succeeding(champion), event
+    return _commit_decision(ctx, state.number, event, (CHAMPION, pointer))
+
+
+def _commit_decision(
+    ctx: _Context, based_on: int, event: HistoryEvent, move: tuple[str, ChampionPointer] | None = None
+) -> HistoryEvent:
+    """The run's one gate decision, as a commit: `move` points an alias (the champion, or the
+    candidate) at the published version. A decision the run already made is returned instead."""
+    run_id, model = ctx.run_id, ctx.challenger.model
+
+    def draft(state: RegistryState) -> Commit | None:
+        if state.decision_of(run_id, model) is not None:
+            return None
+        moved_since(ctx.registry, state, CHAMPION, based_on, "this run's gate")
+        moves = (
+            [] if move is None else [AliasMove(move[0], move[1].succeeding(state.alias(move[0]).last_target))]
+        )
+        return Commit(
+            0,
+            "gate",
+            "",
+            f"run {run_id}",
+            event.verdict.reason,
+            based_on=based_on,
+            run_id=run_id,
+            try_number=ctx.options.attempt,
+            model=model,
+            event=event,
+            moves=moves,
+        )
+
+    commit, state = ctx.registry.commit(draft)
+    if commit is None:
+        return _decision_event(ctx.registry, state.decision_of(run_id, model) or 0)
+    assert commit.event is not None
+    return commit.event
+
+
+def _decision_event(registry: Registry, number: int) -> HistoryEvent:
+    commit = registry.read_commit(number)
+    if commit is None or commit.event is None:
+        raise RegistryError(
+            f"the registry's state names commit {number} as a gate decision, but it is unreadable"
+        )
+    return commit.event
+
+
+def _candidate_pointer(ctx: _Context, pending: HistoryEvent) -> tuple[str, ChampionPointer]:
+    """The alias `candidate` at the version waiting for approval."""
+    ref = VersionRef(pending.model, str(pending.version))
+    pointer = ChampionPointer.for_version(
+        VersionSummary(ref.model, ref.version, dict(pending.metrics or {})),
+        ctx.registry.uri(ref),
+        utc_now(),
+        f"awaiting approval: {pending.verdict.reason}",
+        run_id=ctx.run_id,
+        test_hash=ctx.challenger.test_hash,
+        data_hash=ctx.challenger.data_hash,
+        set_by=f"gate of run {ctx.run_id}",
+    )
+    return CANDIDATE, pointer
+
+
+def _record_outcome(
+    artifacts: Storage, run_id: str, event: HistoryEvent, evaluations: list[EvaluationRecord]
+) -> None:
+    """The run's promotion.json: derived from its decision, rewritten by a retry."""
+    candidates = [evaluation.to_dict() for evaluation in sorted(evaluations, key=lambda e: -e.accuracy)]
+    artifacts.write_json(f"{run_key(run_id)}/promotion.json", event.to_dict() | {"candidates": candidates})
 
 
 def _slices(ctx: _Context, champion: ChampionPointer | None) -> list[Slice]:
@@ -225,27 +301,6 @@ def _event(
         previous_champion=champion.summary() if champion else None,
         approval=approval,
     )
-
-
-def _name_candidate(registry: ModelRegistry, event: HistoryEvent) -> None:
-    """Point the alias `candidate` at the version waiting for approval."""
-    ref = VersionRef(event.model, str(event.version))
-    who, reason = f"gate of run {event.run_id}", f"awaiting approval: {event.verdict.reason}"
-    set_alias(registry, CANDIDATE, ref, who, reason, run_id=event.run_id, metrics=event.metrics)
-
-
-def _pending_candidate(
-    registry: ModelRegistry, artifacts: Storage, run_id: str, model: str
-) -> HistoryEvent | None:
-    """The run's decision when it already named its version the candidate (a retried task)."""
-    candidate = read_alias(registry, CANDIDATE)
-    key = f"{run_key(run_id)}/promotion.json"
-    ours = candidate is not None and (candidate.run_id, candidate.model) == (run_id, model)
-    if candidate is None or not ours or not artifacts.exists(key):
-        return None
-    event = HistoryEvent.from_dict(artifacts.read_json(key), artifacts.uri(key))
-    pending = event.approval == APPROVAL_PENDING and event.version == candidate.version
-    return event if pending else None
 
 
 def _headline(evaluation: EvaluationRecord) -> dict[str, float]:

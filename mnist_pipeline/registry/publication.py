@@ -1,4 +1,4 @@
-"""Publishing a challenger as a registry version: stage, serving-check, upload, commit.
+"""Publishing a challenger as a registry version: stage, serving-check, upload, commit (`publish`).
 
 A version is named by its training time and model hash, so publishing the same model twice (a
 retried task, a re-gated race) finds it already there and uploads nothing.
@@ -20,8 +20,9 @@ from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.reports import REPORT_DIR
 from mnist_pipeline.evaluation.serving import PROBE_IMAGES, check_serving
 from mnist_pipeline.hashing import read_verified
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import Verdict
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import model_key
 from mnist_pipeline.storage import Storage
 from mnist_pipeline.training.model_io import load_model_bytes
@@ -40,12 +41,13 @@ def version_name(training: TrainingRecord) -> str:
 
 
 def publish_challenger(
-    registry: ModelRegistry,
+    registry: Registry,
     artifacts: Storage,
     challenger: EvaluationRecord,
     data: MnistData,
     lineage: dict[str, Any] | None = None,
     verdict: Verdict | None = None,
+    run_id: str | None = None,
 ) -> VersionRef:
     """Publish the challenger's version (if not yet there), with a model card stating the gate's
     `verdict`; returns the version."""
@@ -64,7 +66,7 @@ def publish_challenger(
             }
             metadata = _metadata(training, artifacts) | {"metrics": metrics, "run": lineage or {}}
             _write_model_card(Path(tmp), ref, metadata, verdict, training)
-            registry.publish(ref, Path(tmp), metadata)
+            registry.publish(ref, Path(tmp), metadata, f"run {run_id}" if run_id else "pipeline", run_id)
     return ref
 
 

@@ -1,19 +1,31 @@
-"""The registry's typed records: the champion (or alias) pointer and the history event.
+"""The registry's typed records: the commit (`Commit`, the one truth: `log`), and what commits
+carry and views show: the champion (or alias) pointer, the tombstone of a cleared alias, the
+history event, a published version's summary.
 
-Both are stored as JSON (`mnist/champion.json` and `mnist/aliases/*.json`, `mnist/history/*.json`
-and `mnist/alias-history/*/*.json`) and built only here:
-`ChampionPointer.for_version` and `HistoryEvent` itself. Reading either back goes through
-`from_dict`, which names the object and the field when a stored object is malformed.
+All are stored as JSON and read back through `from_dict`, which names the object and the field
+when a stored object is malformed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mnist_pipeline.records import Record
 from mnist_pipeline.registry.gate import Verdict
 
-__all__ = ["POINTER_HISTORY_DEPTH", "ChampionPointer", "HistoryEvent", "VersionSummary"]
+__all__ = [
+    "POINTER_HISTORY_DEPTH",
+    "AliasMove",
+    "ChampionPointer",
+    "Cleared",
+    "Commit",
+    "HistoryEvent",
+    "IndexedEvent",
+    "Promoter",
+    "VersionEntry",
+    "VersionSummary",
+]
 
 POINTER_HISTORY_DEPTH = 10  # how many earlier champions a pointer remembers, for rollback
 
@@ -136,3 +148,118 @@ class HistoryEvent(Record):
 
     def is_promotion_of(self, run_id: str, model: str) -> bool:
         return self.promoted and self.run_id == run_id and self.model == model
+
+
+@dataclass(frozen=True)
+class Cleared(Record):
+    """What a cleared alias points at: nothing; when, by whom, why, and the target it cleared
+    (a rollback brings that back)."""
+
+    cleared_at: str
+    reason: str
+    cleared_by: str | None = None
+    previous: ChampionPointer | None = None
+
+
+@dataclass(frozen=True)
+class AliasMove(Record):
+    """One alias moved by a commit: to `pointer`, or cleared (`cleared`)."""
+
+    alias: str
+    pointer: ChampionPointer | None = None
+    cleared: Cleared | None = None
+
+
+@dataclass(frozen=True)
+class Promoter(Record):
+    """The event that promoted a version, as the version's entry remembers it: `key` names the
+    event (`IndexedEvent.name`)."""
+
+    key: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VersionEntry(Record):
+    """One published version, as the overview lists it."""
+
+    model: str
+    version: str
+    accuracy: float | None = None
+    loss: float | None = None
+    trained_at: str | None = None
+    promoted_by: Promoter | None = None
+
+    @classmethod
+    def of(cls, model: str, version: str, metadata: dict[str, Any]) -> VersionEntry:
+        metrics = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+        trained_at = metadata.get("trained_at")
+        return cls(
+            model,
+            version,
+            _number(metrics.get("accuracy")),
+            _number(metrics.get("loss")),
+            None if trained_at is None else str(trained_at),
+        )
+
+    @property
+    def ref(self) -> tuple[str, str]:
+        return (self.model, self.version)
+
+    def credited(self, promoter: Promoter) -> VersionEntry:
+        """This entry, promoted by `promoter` unless an earlier decision already did (the gate's
+        before any manual one)."""
+        known = self.promoted_by
+        if known is not None and (known.kind != "gate", known.key) <= (promoter.kind != "gate", promoter.key):
+            return self
+        return replace(self, promoted_by=promoter)
+
+
+@dataclass(frozen=True)
+class IndexedEvent(Record):
+    """A history event with its name: `<UTC time>-<commit number>-<index>`, which sorts as the
+    log does (commit times never go backwards) and locates the event in its commit."""
+
+    name: str
+    event: HistoryEvent
+
+    @property
+    def month(self) -> str:
+        return self.name[:6]
+
+
+@dataclass(frozen=True)
+class Commit(Record):
+    """One numbered entry of the registry's log (`log`): the only truth. Written once, create-if-
+    absent; everything else the registry shows is derived from the commits.
+
+    kind: publish, gate, approval, promote, rollback, alias-set, alias-cleared, alias-rollback,
+    migrate. `based_on`: the commit whose state the change was decided on (a gate's champion, an
+    approval's gate decision). `event`: what the history shows of it (None: a publish).
+    `migrated`: a migrate commit's events from the registry before the log.
+    """
+
+    number: int
+    kind: str
+    time: str
+    actor: str
+    reason: str
+    based_on: int | None = None
+    run_id: str | None = None
+    try_number: int | None = None
+    model: str | None = None
+    request_id: str | None = None  # the caller's idempotency key: a retry finds its commit by it
+    event: HistoryEvent | None = None
+    moves: list[AliasMove] = field(default_factory=list)
+    versions: list[VersionEntry] = field(default_factory=list)
+    migrated: list[HistoryEvent] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)  # a migration's unreadable objects, with why
+
+    def events(self) -> list[HistoryEvent]:
+        """The history events this commit adds, in order."""
+        return [*self.migrated, *([self.event] if self.event is not None else [])]
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from mnist_pipeline.errors import RegistryError, StorageError
 from mnist_pipeline.hashing import read_verified
 from mnist_pipeline.records import Record
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.release import Release
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import utc_now
 from mnist_pipeline.storage import CAS_ATTEMPTS, Storage
 
@@ -73,7 +74,7 @@ class ExportOutcome(Record):
     files: list[str] = field(default_factory=list)  # written by this export
 
 
-def export_release(registry: ModelRegistry, release: Release | None) -> ExportOutcome:
+def export_release(registry: Registry, release: Release | None) -> ExportOutcome:
     """Export the release an event announced (None: the current champion), if it still is champion."""
     champion = registry.champion()
     if release is None:
@@ -92,7 +93,7 @@ def export_release(registry: ModelRegistry, release: Release | None) -> ExportOu
     return export_version(registry, ref)
 
 
-def export_version(registry: ModelRegistry, ref: VersionRef) -> ExportOutcome:
+def export_version(registry: Registry, ref: VersionRef) -> ExportOutcome:
     """Copy `ref`'s SavedModel to the next `<n>/`, unless the newest export already is `ref`."""
     files = _verified_saved_model(registry, ref)
     storage = registry.storage
@@ -115,7 +116,7 @@ def serving_exports(storage: Storage) -> list[ServingExport]:
     return [export for n in _numbers(storage) if (export := _read_export(storage, n)) is not None]
 
 
-def _verified_saved_model(registry: ModelRegistry, ref: VersionRef) -> dict[str, tuple[str, bytes]]:
+def _verified_saved_model(registry: Registry, ref: VersionRef) -> dict[str, tuple[str, bytes]]:
     """Each file of the version's SavedModel (name relative to it) with its sha256 and verified
     bytes: a tampered or truncated file stops the export before anything is written."""
     recorded = registry.metadata(ref).get("files_sha256", {})

@@ -4,7 +4,7 @@ It shows the champion, a chart of the gate decisions' test accuracy over time (`
 alias and the version it points at (`registry.aliases`), every published version with its metrics,
 gate verdict and alias badges, the promotion history a page at a time (newest first), and each
 version's report figures, model card and comparison with the champion, read through
-`ModelRegistry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is
+`Registry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is
 cached). Versions and history come from the registry's indexes (`registry.index`), aliases from
 one listing and one read each, so a page costs a handful of storage calls however many versions
 and events the registry holds.
@@ -32,12 +32,12 @@ from mnist_pipeline.config import settings
 from mnist_pipeline.errors import MnistPipelineError, RegistryError
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
 from mnist_pipeline.evaluation.reports import REPORT_DIR
-from mnist_pipeline.registry.aliases import CHAMPION, list_aliases
+from mnist_pipeline.registry.aliases import CHAMPION
+from mnist_pipeline.registry.client import DEFAULT_PAGE_SIZE, Registry
 from mnist_pipeline.registry.gate import Verdict
-from mnist_pipeline.registry.history import DEFAULT_PAGE_SIZE, history_page, read_event
-from mnist_pipeline.registry.index import VersionEntry, read_versions
-from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionEntry
+from mnist_pipeline.registry.state import RegistryState
+from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import open_storage
 from mnist_pipeline.web.charts import accuracy_chart
 from mnist_pipeline.web.comparison import compare_with_champion
@@ -83,9 +83,9 @@ class VersionNotFoundError(RegistryError):
     """No completely published version (or file) by that name: the page answers 404."""
 
 
-def open_registry() -> ModelRegistry:
+def open_registry() -> Registry:
     """Read at every request, so the page follows `MNIST_REGISTRY_URI` without a restart."""
-    return ModelRegistry(open_storage(settings().registry_uri))
+    return Registry(open_storage(settings().registry_uri))
 
 
 def load_run(dag_id: str, run_id: str) -> RunDecision:
@@ -114,16 +114,16 @@ def _candidate_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_overview(
-    registry: ModelRegistry, link: Callable[[VersionRef], str], before: str | None = None
+    registry: Registry, link: Callable[[VersionRef], str], before: str | None = None
 ) -> dict[str, Any]:
     """Champion, aliases, versions (newest first) and a page of history (newest first, older than
     `before`), as the overview shows them."""
-    aliases = list_aliases(registry)  # read first: the versions they name are indexed by then
+    state = registry.state()  # one state for every part of the page: they agree with each other
+    aliases = registry.aliases(state)
     champion = aliases.get(CHAMPION)
     champion_ref = _ref_of(champion)
-    expect = (champion_ref.model, champion_ref.version) if champion_ref else None
-    entries = read_versions(registry.storage, expect=expect)
-    page = history_page(registry.storage, DEFAULT_PAGE_SIZE, before=before, max_shards=_OVERVIEW_SHARDS)
+    entries = registry.version_entries(state)
+    page = registry.history_page(DEFAULT_PAGE_SIZE, before=before, max_shards=_OVERVIEW_SHARDS, state=state)
     badges = _alias_badges(aliases)
     rows = [_version_row(entry, champion_ref, badges, link) for entry in entries]
     rows.sort(key=lambda row: row["version"], reverse=True)  # version names start with their time
@@ -141,7 +141,7 @@ def load_overview(
 
 
 def load_version(
-    registry: ModelRegistry,
+    registry: Registry,
     ref: VersionRef,
     file_link: Callable[[str], str],
     version_link: Callable[[VersionRef], str] | None = None,
@@ -149,7 +149,8 @@ def load_version(
     """One version: metadata, metrics, verdict, its report figures, its model card as HTML, and how
     it compares with the champion (with the one it replaced, when it is the champion).
     `version_link`: another version's page; by default relative to this version's page."""
-    metadata = _published_metadata(registry, ref)
+    state = registry.state()  # once for the whole page
+    metadata = _published_metadata(registry, ref, state)
     files = metadata.get("files_sha256", {})
     figures = [
         {"title": title, "link": file_link(f"{REPORT_DIR}/{name}")}
@@ -157,9 +158,9 @@ def load_version(
         if f"{REPORT_DIR}/{name}" in files
     ]
     card = registry.verified_file(ref, MODEL_CARD_FILE).decode() if MODEL_CARD_FILE in files else None
-    promoting = _promoting_event(registry, ref)
+    promoting = _promoting_event(registry, ref, state)
     verdict = promoting.verdict if promoting else _NO_VERDICT
-    champion = registry.champion()
+    champion = registry.champion(state)
     return {
         "model": ref.model,
         "version": ref.version,
@@ -177,7 +178,7 @@ def load_version(
     }
 
 
-def read_version_file(registry: ModelRegistry, ref: VersionRef, name: str) -> tuple[bytes, str]:
+def read_version_file(registry: Registry, ref: VersionRef, name: str) -> tuple[bytes, str]:
     """A report figure or the model card, sha256-verified; anything else of the version is not served."""
     served = name == MODEL_CARD_FILE or name.startswith(f"{REPORT_DIR}/")
     media_type = _MEDIA_TYPES.get(PurePosixPath(name).suffix)
@@ -186,8 +187,10 @@ def read_version_file(registry: ModelRegistry, ref: VersionRef, name: str) -> tu
     return registry.verified_file(ref, name), media_type
 
 
-def _published_metadata(registry: ModelRegistry, ref: VersionRef) -> dict[str, Any]:
-    if not registry.is_published(ref):
+def _published_metadata(
+    registry: Registry, ref: VersionRef, state: RegistryState | None = None
+) -> dict[str, Any]:
+    if not registry.is_published(ref, state):
         raise VersionNotFoundError(f"no published version {ref} in registry {registry.storage.root_uri}")
     return registry.metadata(ref)
 
@@ -236,14 +239,13 @@ def _alias_row(alias: str, pointer: ChampionPointer, link: Callable[[VersionRef]
     }
 
 
-def _promoting_event(registry: ModelRegistry, ref: VersionRef) -> HistoryEvent | None:
+def _promoting_event(registry: Registry, ref: VersionRef, state: RegistryState) -> HistoryEvent | None:
     """The decision that promoted the version (the gate's, before any manual one), None when none
     is recorded: the versions index names its event, which is read for the slices' figures."""
-    entries = read_versions(registry.storage, expect=(ref.model, ref.version))
-    entry = next((entry for entry in entries if entry.ref == (ref.model, ref.version)), None)
+    entry = state.versions.get((ref.model, ref.version))
     if entry is None or entry.promoted_by is None:
         return None
-    return read_event(registry.storage, entry.promoted_by.key)
+    return registry.event(entry.promoted_by.key)
 
 
 def _sibling_link(ref: VersionRef) -> str:

@@ -14,8 +14,9 @@ from typing import Any
 
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.hashing import sha256_hex
+from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
-from mnist_pipeline.registry.store import ModelRegistry, VersionRef
+from mnist_pipeline.registry.store import VersionRef
 
 __all__ = ["compare_with_champion"]
 
@@ -25,7 +26,7 @@ _Described = tuple[VersionRef, dict[str, Any]]  # a version and its metadata
 
 
 def compare_with_champion(
-    registry: ModelRegistry,
+    registry: Registry,
     version: _Described,
     champion: ChampionPointer | None,
     promoting: HistoryEvent | None,
@@ -60,7 +61,7 @@ def compare_with_champion(
 
 
 def _comparison_rows(
-    registry: ModelRegistry, mine: _Described, other_ref: VersionRef, other: dict[str, float]
+    registry: Registry, mine: _Described, other_ref: VersionRef, other: dict[str, float]
 ) -> list[dict[str, str]]:
     """Test accuracy, loss, then each digit's recall when both versions have per-class figures."""
     this = _metrics_of(mine[1])
@@ -79,7 +80,7 @@ def _comparison_rows(
     return rows
 
 
-def _metadata_or_empty(registry: ModelRegistry, ref: VersionRef) -> dict[str, Any]:
+def _metadata_or_empty(registry: Registry, ref: VersionRef) -> dict[str, Any]:
     # A compared version that cannot be read only loses its per-class rows.
     try:
         return registry.metadata(ref)
@@ -92,7 +93,7 @@ def _metrics_of(metadata: dict[str, Any]) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def _per_class_recall(registry: ModelRegistry, ref: VersionRef, metadata: dict[str, Any]) -> dict[str, float]:
+def _per_class_recall(registry: Registry, ref: VersionRef, metadata: dict[str, Any]) -> dict[str, float]:
     """Each digit's test recall: from the metadata's metrics when they carry it, else from the
     version's metrics.json, checked against the sha256 its metadata lists (one read); {} when
     neither has it or the file does not match."""
