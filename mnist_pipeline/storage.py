@@ -155,11 +155,8 @@ class LocalStorage(Storage):
     def write_bytes(self, key: str, data: bytes) -> None:
         # Write to a temporary file then rename: readers never see a half-written object.
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        tmp = _complete_file_beside(path, data)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -225,13 +222,8 @@ class LocalStorage(Storage):
         # A hard link from a complete temporary file: the object appears whole or not at all, and
         # link() fails when the name exists, in one system call (no lock to outlive a killed writer).
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        tmp = _complete_file_beside(path, data, durable=True)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
             os.link(tmp, path)
             return True
         except FileExistsError:
@@ -257,6 +249,23 @@ class LocalStorage(Storage):
             yield
         finally:
             os.close(folder)  # closing releases the lock
+
+
+def _complete_file_beside(path: Path, data: bytes, durable: bool = False) -> str:
+    """A temporary file in `path`'s folder holding all of `data` (flushed to disk when `durable`),
+    for an atomic rename or link onto `path`; removed again if writing it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 class GcsStorage(Storage):

@@ -11,10 +11,10 @@ from airflow.plugins_manager import AirflowPlugin
 from mnist_pipeline.web.app import URL_PREFIX, create_app
 from mnist_pipeline.web.link import LINK_NAME, NAV_ROUTE, RUN_TAB_HREF, RUN_TAB_ROUTE, PromotedVersionLink
 
-__all__ = ["RegistryPlugin"]
+__all__ = ["ModelRegistryPlugin"]
 
 
-class RegistryPlugin(AirflowPlugin):
+class ModelRegistryPlugin(AirflowPlugin):
     name = "mnist_model_registry"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
         {"app": create_app(), "url_prefix": URL_PREFIX, "name": LINK_NAME}

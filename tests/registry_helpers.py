@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.history import list_events
@@ -13,59 +14,54 @@ from mnist_pipeline.registry.state import CHAMPION, RegistryState
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import Storage
 
-__all__ = ["list_events", "publish_version", "record_decision", "record_event", "snapshot"]
+__all__ = ["list_events", "publish_version", "record_event", "snapshot", "upload_version"]
+
+
+def upload_version(registry: Registry, folders: Path, i: int, model: str = "dnn") -> VersionRef:
+    """Version `i` of `model`'s files, uploaded as a registry before the log held them: a model file
+    and a metrics.json, its test accuracy 0.9 + i/100; no commit."""
+    ref, folder, metadata = _stage(folders, i, model)
+    registry.files.upload(ref, folder, metadata)
+    return ref
 
 
 def publish_version(registry: Registry, folders: Path, i: int, model: str = "dnn") -> VersionRef:
-    """Version `i` of `model`: a model file and a metrics.json, its test accuracy 0.9 + i/100."""
+    """Version `i` of `model`, uploaded as `upload_version` does, then committed as published."""
+    ref, folder, metadata = _stage(folders, i, model)
+    registry.publish(ref, folder, metadata)
+    return ref
+
+
+def _stage(folders: Path, i: int, model: str) -> tuple[VersionRef, Path, dict[str, Any]]:
     ref = VersionRef(model, f"20260101T{i:06d}Z-{i:08x}")
     folder = folders / model / ref.version
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.keras").write_bytes(f"weights {i}".encode())
     figures = {"accuracy": 0.9 + i / 100, "loss": 0.1}
     (folder / "metrics.json").write_text(json.dumps(figures | {"test_hash": "t" * 64}))
-    registry.publish(ref, folder, {"metrics": figures, "data_hash": "d" * 64, "trained_at": f"#{i}"})
-    return ref
+    return ref, folder, {"metrics": figures, "data_hash": "d" * 64, "trained_at": f"#{i}"}
 
 
-def record_event(registry: Registry, event: HistoryEvent) -> HistoryEvent:
-    """Commit `event` alone (no alias moves), as a gate that kept the champion would: for seeding
-    a history to show."""
-    commit, _ = registry.commit(
-        lambda state: Commit(
-            0,
-            event.kind,
-            "",
-            event.trigger or "test",
-            event.verdict.reason,
-            run_id=event.run_id,
-            model=event.model,
-            event=event,
-        )
-    )
-    assert commit is not None and commit.event is not None
-    return commit.event
-
-
-def snapshot(storage: Storage) -> dict[str, bytes]:
-    return {key: storage.read_bytes(key) for key in storage.list_keys("")}
-
-
-def record_decision(
-    registry: Registry, event: HistoryEvent, champion: ChampionPointer | None = None
+def record_event(
+    registry: Registry,
+    event: HistoryEvent,
+    pointer: ChampionPointer | None = None,
+    alias: str = CHAMPION,
+    actor: str | None = None,
 ) -> HistoryEvent:
-    """Commit `event` as a gate decision would: with `champion`, the pointer it makes the champion
-    in the same commit (remembering the champion before it, for rollback)."""
+    """Commit `event` as a gate decision would: alone (a kept champion), or with `pointer`, which
+    `alias` (the champion by default) points at in the same commit, remembering its target before
+    (for rollback). For seeding a history to show, or a decision for an approval to answer."""
 
     def draft(state: RegistryState) -> Commit:
         moves = []
-        if champion is not None:
-            moves = [AliasMove(CHAMPION, champion.succeeding(state.alias(CHAMPION).last_target))]
+        if pointer is not None:
+            moves = [AliasMove(alias, pointer.succeeding(state.alias(alias).last_target))]
         return Commit(
             0,
             event.kind,
             "",
-            event.trigger or "test",
+            actor or event.trigger or "test",
             event.verdict.reason,
             based_on=state.number,
             run_id=event.run_id,
@@ -79,27 +75,5 @@ def record_decision(
     return commit.event
 
 
-def record_alias_decision(
-    registry: Registry, event: HistoryEvent, alias: str, pointer: ChampionPointer
-) -> HistoryEvent:
-    """Commit `event` as the gate decision of its run, pointing `alias` at `pointer` in the same
-    commit, as a gate that asks for approval points `candidate` (the run's decision: what an
-    approval is based on)."""
-
-    def draft(state: RegistryState) -> Commit:
-        return Commit(
-            0,
-            "gate",
-            "",
-            f"run {event.run_id}",
-            event.verdict.reason,
-            based_on=state.number,
-            run_id=event.run_id,
-            model=event.model,
-            event=event,
-            moves=[AliasMove(alias, pointer.succeeding(state.alias(alias).last_target))],
-        )
-
-    commit, _ = registry.commit(draft)
-    assert commit is not None and commit.event is not None
-    return commit.event
+def snapshot(storage: Storage) -> dict[str, bytes]:
+    return {key: storage.read_bytes(key) for key in storage.list_keys("")}

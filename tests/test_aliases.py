@@ -8,7 +8,6 @@ published through the library (no model is trained)."""
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import re
 import subprocess
@@ -45,6 +44,7 @@ from mnist_pipeline.registry.views import LOG_VERSION
 from mnist_pipeline.storage import CountingStorage, Storage, open_storage
 from mnist_pipeline.web.app import load_overview
 from mnist_pipeline.web.templates import render
+from tests.registry_helpers import publish_version, upload_version
 
 WHO = "test:alice"
 STAGING, SHADOW = "staging", "shadow"
@@ -67,18 +67,6 @@ class RacingStorage(CountingStorage):
         return won
 
 
-def publish(registry: Registry, folders: Path, i: int) -> VersionRef:
-    """Version `i` of the DNN: a model file and a metrics.json, its test accuracy 0.9 + i/100."""
-    ref = VersionRef("dnn", f"20260101T{i:06d}Z-{i:08x}")
-    folder = folders / ref.version
-    folder.mkdir(parents=True)
-    (folder / "model.keras").write_bytes(f"weights {i}".encode())
-    figures = {"accuracy": 0.9 + i / 100, "loss": 0.1}
-    (folder / "metrics.json").write_text(json.dumps(figures | {"test_hash": "t" * 64}))
-    registry.publish(ref, folder, {"metrics": figures, "data_hash": "d" * 64, "trained_at": f"#{i}"})
-    return ref
-
-
 @pytest.fixture
 def registry(storage_uri: str) -> Registry:
     return Registry(open_storage(storage_uri))
@@ -86,7 +74,7 @@ def registry(storage_uri: str) -> Registry:
 
 @pytest.fixture
 def versions(registry: Registry, tmp_path: Path) -> list[VersionRef]:
-    return [publish(registry, tmp_path / "folders", i) for i in range(1, 4)]
+    return [publish_version(registry, tmp_path / "folders", i) for i in range(1, 4)]
 
 
 def snapshot(storage: Storage) -> dict[str, bytes]:
@@ -335,8 +323,8 @@ def test_good_alias_names_map_to_their_keys() -> None:
 
 def test_setting_the_champion_alias_is_a_manual_promotion(storage_uri: str, tmp_path: Path) -> None:
     by_alias, by_hand = (Registry(open_storage(f"{storage_uri}/{name}")) for name in ("alias", "hand"))
-    v1, v2 = (publish(by_alias, tmp_path / "a", i) for i in (1, 2))
-    publish(by_hand, tmp_path / "h", 1)
+    v1, v2 = (publish_version(by_alias, tmp_path / "a", i) for i in (1, 2))
+    publish_version(by_hand, tmp_path / "h", 1)
 
     event = set_alias(by_alias, CHAMPION, v1, WHO, "pin")
     manual = promote_version(by_hand, v1, "pin", WHO)
@@ -363,22 +351,10 @@ def without(payload: dict[str, Any], *names: str) -> dict[str, Any]:
     return {key: value for key, value in payload.items() if key not in names}
 
 
-def upload(registry: Registry, folders: Path, i: int) -> VersionRef:
-    """Version `i`'s files as a registry before the log held them: uploaded, no commit."""
-    ref = VersionRef("dnn", f"20260101T{i:06d}Z-{i:08x}")
-    folder = folders / ref.version
-    folder.mkdir(parents=True)
-    (folder / "model.keras").write_bytes(f"weights {i}".encode())
-    figures = {"accuracy": 0.9 + i / 100, "loss": 0.1}
-    (folder / "metrics.json").write_text(json.dumps(figures | {"test_hash": "t" * 64}))
-    registry.files.upload(ref, folder, {"metrics": figures, "data_hash": "d" * 64, "trained_at": f"#{i}"})
-    return ref
-
-
 def test_an_old_registry_without_aliases_lists_just_the_champion(registry, tmp_path: Path) -> None:
     """A registry written before aliases (and before the log): a pointer without `set_by`, events
     without `alias`. Its first reader migrates it into commit 1."""
-    v1, v2 = (upload(registry, tmp_path / "folders", i) for i in (1, 2))
+    v1, v2 = (upload_version(registry, tmp_path / "folders", i) for i in (1, 2))
     pointer = ChampionPointer.for_version(
         VersionSummary("dnn", v1.version, {"accuracy": 0.91}), "u", "t", "better"
     )

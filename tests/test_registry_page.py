@@ -27,7 +27,7 @@ from mnist_pipeline.steps import evaluate, ingest, train
 from mnist_pipeline.storage import CountingStorage, GcsStorage, open_storage
 from mnist_pipeline.web.app import URL_PREFIX, load_overview, load_version
 from mnist_pipeline.web.charts import accuracy_axis, accuracy_chart, percent_label, time_axis
-from tests.registry_helpers import record_decision, record_event
+from tests.registry_helpers import record_event
 
 FLOOR = 0.5  # the first, weak model must become champion so that the second can beat it
 HTML = {"Accept": "text/html"}
@@ -286,11 +286,11 @@ def three_decisions(root: Path, kept: int = 1, new_data: bool = False) -> Regist
     """A linear champion (92%), a DNN that beats it (97%), then `kept` linear challengers kept (92.5%)."""
     registry = Registry(open_storage(str(root / "registry")))
     publish_version(registry, LINEAR, 0.92, root / "folders")
-    record_decision(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
+    record_event(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
     publish_version(registry, DNN, 0.97, root / "folders")
     ours = (0.95, 0.90) if new_data else None
     promoted = gate_decision("dnn", 0.97, (LINEAR, 0.92), DNN.version, ours)
-    record_decision(registry, promoted, crowned(DNN, 0.97))
+    record_event(registry, promoted, crowned(DNN, 0.97))
     for _ in range(kept):
         theirs = (0.91, 0.95) if new_data else None
         record_event(registry, gate_decision("linear", 0.925, (DNN, 0.97), new_data=theirs))
@@ -413,7 +413,7 @@ def test_the_champion_page_compares_it_with_the_champion_it_replaced(page_of, tm
 def test_the_first_champion_replaced_none(page_of, tmp_path: Path) -> None:
     registry = Registry(open_storage(str(tmp_path / "registry")))
     publish_version(registry, LINEAR, 0.92, tmp_path / "folders")
-    record_decision(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
+    record_event(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
     html = page_of(registry, f"/versions/{LINEAR}")
     assert "It replaced no champion" in html and 'id="comparison"' not in html
 

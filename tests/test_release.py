@@ -31,7 +31,7 @@ from mnist_pipeline.registry.serving_export import SERVING_ROOT, export_release,
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import utc_now
 from mnist_pipeline.storage import Storage, open_storage
-from tests.registry_helpers import record_alias_decision, snapshot
+from tests.registry_helpers import record_event, snapshot
 
 RUN = "manual__2026-01-01T00:00:00+00:00"
 GRAPH, INDEX, DATA = "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"
@@ -197,7 +197,7 @@ def pending(registry: Registry, ref: VersionRef, run_id: str = RUN) -> Promotion
         run_id=run_id,
         set_by=f"gate of run {run_id}",
     )
-    outcome = PromotionOutcome.of(record_alias_decision(registry, event, CANDIDATE, candidate))
+    outcome = PromotionOutcome.of(record_event(registry, event, candidate, CANDIDATE, actor=f"run {run_id}"))
     assert outcome.awaiting_approval and not outcome.promoted and outcome.metrics == metrics
     return outcome
 

@@ -210,7 +210,7 @@ def _move(
             moves=[move],
         )
 
-    commit, state = registry.commit(draft)
+    commit, state = registry.commit(draft, read)
     if commit is None and request_id is not None and request_id in state.requests:
         commit = registry.read_commit(state.requests[request_id])  # a retry: what the first try did
     return commit.event if commit is not None else None

@@ -171,7 +171,7 @@ def approve_candidate(
     run's gate decision: refused (`ConflictError`) if the champion or the candidate moved since,
     naming what moved it. A retry finds the answer already committed."""
     ref = _candidate_of(outcome)
-    decided = _decision(registry, run_id, ref)
+    read, decided = _decision(registry, run_id, ref)
     pointer = _approved_pointer(registry, ref, outcome, answer, run_id)
 
     def draft(state: RegistryState) -> Commit | None:
@@ -183,7 +183,7 @@ def approve_candidate(
         moves = [AliasMove(CHAMPION, pointer.succeeding(state.champion)), _cleared(state, answer)]
         return _answer_commit(event, answer, decided, run_id, moves)
 
-    commit, state = registry.commit(draft)
+    commit, state = registry.commit(draft, read)
     if commit is None:
         earlier = registry.read_commit(state.answer_of(run_id, ref.model) or 0)
         if earlier is None or earlier.event is None or not earlier.event.promoted:
@@ -197,7 +197,7 @@ def decline_candidate(
     """Leave the champion, record the rejection (or the timeout) and clear the run's candidate, in
     one commit; a retry finds it."""
     ref = _candidate_of(outcome)
-    decided = _decision(registry, run_id, ref)
+    read, decided = _decision(registry, run_id, ref)
 
     def draft(state: RegistryState) -> Commit | None:
         if state.answer_of(run_id, ref.model) is not None:
@@ -207,7 +207,7 @@ def decline_candidate(
         ours = candidate is not None and _is_runs(candidate, ref, run_id)
         return _answer_commit(event, answer, decided, run_id, [_cleared(state, answer)] if ours else [])
 
-    commit, state = registry.commit(draft)
+    commit, state = registry.commit(draft, read)
     if commit is None:
         commit = registry.read_commit(state.answer_of(run_id, ref.model) or 0)
     if commit is None or commit.event is None:
@@ -215,11 +215,13 @@ def decline_candidate(
     return commit.event
 
 
-def _decision(registry: Registry, run_id: str, ref: VersionRef) -> int:
-    decided = registry.state().decision_of(run_id, ref.model)
+def _decision(registry: Registry, run_id: str, ref: VersionRef) -> tuple[RegistryState, int]:
+    """The registry's state and the commit of the run's gate decision that an answer is based on."""
+    state = registry.state()
+    decided = state.decision_of(run_id, ref.model)
     if decided is None:
         raise RegistryError(f"run {run_id} has no gate decision on {ref.model} in the registry to answer")
-    return decided
+    return state, decided
 
 
 def _cleared(state: RegistryState, answer: ApprovalAnswer) -> AliasMove:

@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline.errors import ConflictError, RegistryError
-from mnist_pipeline.registry.layout import CHAMPION_KEY
-from mnist_pipeline.registry.log import UnreadableObject, advance, append, read_commit, replay
+from mnist_pipeline.registry.log import (
+    Draft,
+    UnreadableObject,
+    advance,
+    append,
+    commit_key,
+    read_commit,
+    replay,
+)
 from mnist_pipeline.registry.records import ChampionPointer, Commit, HistoryEvent, IndexedEvent, VersionEntry
 from mnist_pipeline.registry.state import CHAMPION, RegistryState
 from mnist_pipeline.registry.store import VersionRef, VersionStore
@@ -27,7 +34,6 @@ from mnist_pipeline.registry.views import (
     read_event,
     read_shard,
     read_state_view,
-    write_alias_view,
     write_views,
 )
 from mnist_pipeline.storage import Storage
@@ -68,22 +74,21 @@ class Registry:
         return state
 
     def _rebuilt(self, problem: UnreadableObject) -> RegistryState:
-        if read_commit_safely(self.storage, 1) is None:
+        if self.storage.read_versioned(commit_key(1))[0] is None:
             from mnist_pipeline.registry.migration import migrate_legacy
 
             return migrate_legacy(self)  # an empty log: a new registry, or one from before the log
         if problem.why != "is missing":
             log.warning("registry view %s: rebuilding it from the log", self.storage.uri(problem.key))
         state = replay(self.storage)
-        write_views(self.storage, state, [])
-        for alias, alias_state in state.aliases.items():
-            write_alias_view(self.storage, alias, alias_state)
+        write_views(self.storage, state, [], every_alias=True)
         return state
 
-    def commit(self, draft: Any) -> tuple[Commit | None, RegistryState]:
-        """Append the commit `draft(state)` makes (None: nothing to do); returns it and the state
-        that includes it. A lost race drafts again on the newer state."""
-        commit, state = append(self.storage, self.state(), draft)
+    def commit(self, draft: Draft, state: RegistryState | None = None) -> tuple[Commit | None, RegistryState]:
+        """Append the commit `draft(state)` makes (None: nothing to do), drafted first on `state`
+        when the caller has just read it; returns the commit and the state that includes it. A lost
+        race drafts again on the newer state."""
+        commit, state = append(self.storage, state or self.state(), draft)
         if commit is not None:
             write_views(self.storage, state, [commit])
         return commit, state
@@ -126,7 +131,8 @@ class Registry:
     ) -> dict[str, Any]:
         """Upload the version's files (metadata.json last), then commit it as published; a
         version published already is left as it is (a retried task uploads nothing)."""
-        if self.is_published(ref):
+        state = self.state()
+        if state.is_published(ref.model, ref.version):
             return self.metadata(ref)
         full = self.files.upload(ref, local_dir, metadata)
         entry = VersionEntry.of(ref.model, ref.version, full)
@@ -138,7 +144,7 @@ class Registry:
                 0, "publish", "", actor, f"published {ref}", run_id=run_id, model=ref.model, versions=[entry]
             )
 
-        self.commit(draft)
+        self.commit(draft, state)
         return full
 
     # Aliases, the champion among them.
@@ -182,18 +188,6 @@ class Registry:
         """A non-champion alias's moves, newest first."""
         names = self.state().alias_events.get(alias, [])[::-1][:limit]
         return [self.event(name) for name in names]
-
-    @property
-    def champion_key(self) -> str:
-        return CHAMPION_KEY
-
-
-def read_commit_safely(storage: Storage, number: int) -> Commit | bool | None:
-    """Commit `number`, True when it exists but is unreadable, None when absent."""
-    try:
-        return read_commit(storage, number)
-    except UnreadableObject:
-        return True
 
 
 def moved_since(registry: Registry, state: RegistryState, alias: str, based_on: int, since: str) -> None:

@@ -28,9 +28,9 @@ from mnist_pipeline.registry.layout import (
 from mnist_pipeline.registry.log import (
     UnreadableObject,
     checkpoint_key,
-    commit_key,
     commit_number,
-    decode_commit,
+    fold_commit,
+    read_commits,
 )
 from mnist_pipeline.registry.records import IndexedEvent
 from mnist_pipeline.registry.state import RegistryState, event_name
@@ -127,19 +127,13 @@ def _expected(registry: Registry) -> _Expected:
     checkpoints = {n for n in (commit_number(key, CHECKPOINTS_PREFIX) for key in keys) if n is not None}
     state, views, unreadable = RegistryState(), {}, {}
     events: dict[str, IndexedEvent] = {}
-    for number in range(1, (numbers[-1] if numbers else 0) + 1):
-        key = commit_key(number)
-        try:
-            data = storage.read_versioned(key)[0]
-            if data is None:
-                raise UnreadableObject(key, "missing from the log")
-            commit = decode_commit(data, number)
-        except UnreadableObject as exc:
-            unreadable[key] = exc.why
-            state.skip(number, str(exc))
+    every = list(range(1, (numbers[-1] if numbers else 0) + 1))
+    for number, data in zip(every, read_commits(storage, every), strict=True):
+        folded = fold_commit(state, number, data, absent="missing from the log")
+        if isinstance(folded, UnreadableObject):
+            unreadable[folded.key] = folded.why
         else:
-            state.apply(commit)
-            for index, event in enumerate(commit.events()):
+            for index, event in enumerate(folded.events()):
                 name = event_name(event.time, number, index)
                 events[name] = IndexedEvent(name, event)
         if number in checkpoints:

@@ -35,7 +35,9 @@ __all__ = [
     "commit_key",
     "commit_number",
     "encode_commit",
+    "fold_commit",
     "read_commit",
+    "read_commits",
     "replay",
 ]
 
@@ -124,21 +126,28 @@ def replay(storage: Storage, start: RegistryState | None = None) -> RegistryStat
     state = start if start is not None else _newest_checkpoint(storage, keys) or RegistryState()
     state = state.copy()
     wanted = [n for n in numbers if n > state.number]
-    for number, data in zip(wanted, _read_all(storage, [commit_key(n) for n in wanted]), strict=True):
+    for number, data in zip(wanted, read_commits(storage, wanted), strict=True):
         while number > state.number + 1:
             state.skip(state.number + 1, f"{commit_key(state.number + 1)}: missing from the log")
-        _fold(state, number, data)
+        fold_commit(state, number, data)
     return advance(storage, state)[0]  # commits that landed after the listing
 
 
-def _fold(state: RegistryState, number: int, data: bytes | None) -> None:
+def fold_commit(
+    state: RegistryState, number: int, data: bytes | None, absent: str = "vanished while the log was read"
+) -> Commit | UnreadableObject:
+    """Fold commit `number`, stored as `data`, into `state`: the commit, or why it could not be
+    read (`absent` when there is no data), in which case it is folded as nothing."""
     try:
         if data is None:
-            raise UnreadableObject(commit_key(number), "vanished while the log was read")
-        state.apply(decode_commit(data, number))
+            raise UnreadableObject(commit_key(number), absent)
+        commit = decode_commit(data, number)
     except UnreadableObject as exc:
         log.warning("registry log: %s; folding it as nothing", exc)
         state.skip(number, str(exc))
+        return exc
+    state.apply(commit)
+    return commit
 
 
 def _newest_checkpoint(storage: Storage, keys: Iterable[str]) -> RegistryState | None:
@@ -160,7 +169,10 @@ def _newest_checkpoint(storage: Storage, keys: Iterable[str]) -> RegistryState |
     return None
 
 
-def _read_all(storage: Storage, keys: list[str]) -> list[bytes | None]:
+def read_commits(storage: Storage, numbers: list[int]) -> list[bytes | None]:
+    """The stored bytes of each commit of `numbers` (None where absent), read in parallel."""
+    keys = [commit_key(number) for number in numbers]
+
     def read(key: str) -> bytes | None:
         return storage.read_versioned(key)[0]
 

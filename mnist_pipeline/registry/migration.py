@@ -24,7 +24,7 @@ from mnist_pipeline.registry.layout import (
 )
 from mnist_pipeline.registry.records import AliasMove, Cleared, Commit, HistoryEvent, VersionEntry
 from mnist_pipeline.registry.state import CHAMPION, RegistryState
-from mnist_pipeline.registry.views import LOG_VERSION, parse_pointer_view, write_alias_view, write_views
+from mnist_pipeline.registry.views import LOG_VERSION, parse_pointer_view, write_views
 
 if TYPE_CHECKING:
     from mnist_pipeline.registry.client import Registry
@@ -64,9 +64,7 @@ def migrate_legacy(registry: Registry) -> RegistryState:
     if made is None:
         return registry.state()  # another process migrated it, or committed first
     log.warning("migrated the registry %s into its commit log (set aside: %s)", storage.root_uri, set_aside)
-    write_views(storage, state, [made])
-    for alias, alias_state in state.aliases.items():
-        write_alias_view(storage, alias, alias_state)
+    write_views(storage, state, [made], every_alias=True)
     return state
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from mnist_pipeline.registry import log as commit_log
 from mnist_pipeline.registry.layout import ALIASES_PREFIX, CHAMPION_KEY, SHARDS_PREFIX, STATE_KEY
 from mnist_pipeline.registry.log import UnreadableObject, checkpoint_key, read_commit
 from mnist_pipeline.registry.records import ChampionPointer, Cleared, Commit, HistoryEvent, IndexedEvent
-from mnist_pipeline.registry.state import CHAMPION, AliasState, RegistryState, parse_event_name
+from mnist_pipeline.registry.state import CHAMPION, AliasState, RegistryState, compact_time, parse_event_name
 from mnist_pipeline.storage import Storage
 
 __all__ = [
@@ -110,16 +110,33 @@ def read_shard(storage: Storage, state: RegistryState, month: str, flush: bool =
     found = {indexed.name: indexed for indexed in known or [] if indexed.name in set(wanted)}
     found.update((i.name, i) for i in state.recent if i.month == month and i.name not in found)
     missing = [name for name in wanted if name not in found]
-    for name in missing:
-        try:
-            found[name] = IndexedEvent(name, read_event(storage, name))
-        except (RegistryError, StorageError) as exc:
-            log.warning("history event %s is unreadable (%s): left out of %s", name, exc, storage.uri(key))
+    found.update(_events_from_log(storage, missing, key))
     events = [found[name] for name in wanted if name in found]
     if known is None or missing or not stored <= set(wanted) or (flush and stored != set(found)):
         with best_effort(storage, key):
             storage.write_bytes(key, shard_payload(events, state.number))
     return events
+
+
+def _events_from_log(storage: Storage, names: list[str], shard: str) -> dict[str, IndexedEvent]:
+    """The events `names` from their commits, each commit read once; events whose commit is
+    unreadable are left out, with a warning."""
+    by_commit: dict[int, list[tuple[str, int]]] = {}
+    for name in names:
+        number, index = parse_event_name(name)
+        by_commit.setdefault(number, []).append((name, index))
+    found = {}
+    for number, wanted in by_commit.items():
+        try:
+            commit = read_commit(storage, number)
+        except (RegistryError, StorageError) as exc:
+            log.warning("commit %d is unreadable (%s): its events are left out of %s", number, exc, shard)
+            continue
+        events = commit.events() if commit is not None else []
+        found.update(
+            (name, IndexedEvent(name, events[index])) for name, index in wanted if index < len(events)
+        )
+    return found
 
 
 def shard_payload(events: list[IndexedEvent], number: int) -> bytes:
@@ -145,12 +162,14 @@ def _parsed_shard(storage: Storage, key: str) -> list[IndexedEvent] | None:
 # Writing views after commits.
 
 
-def write_views(storage: Storage, state: RegistryState, commits: list[Commit]) -> None:
-    """Bring the views up to `state`, which `commits` just took them to: the pointers they moved,
-    a checkpoint where one falls due, then the state view, last: until it shows commit N, readers
-    fold the tail from the log and finish the views of a writer that died. Each write is best
-    effort."""
-    moved = {move.alias for commit in commits for move in commit.moves}
+def write_views(
+    storage: Storage, state: RegistryState, commits: list[Commit], every_alias: bool = False
+) -> None:
+    """Bring the views up to `state`, which `commits` just took them to: the pointers they moved
+    (`every_alias`: all of them, after a rebuild), a checkpoint where one falls due, the shards
+    where due, then the state view, last: until it shows commit N, readers fold the tail from the
+    log and finish the views of a writer that died. Each write is best effort."""
+    moved = state.aliases if every_alias else {move.alias for commit in commits for move in commit.moves}
     for alias in sorted(moved):
         write_alias_view(storage, alias, state.alias(alias))
     for commit in commits:
@@ -158,55 +177,45 @@ def write_views(storage: Storage, state: RegistryState, commits: list[Commit]) -
             with best_effort(storage, checkpoint_key(commit.number)):
                 storage.create_if_absent(checkpoint_key(commit.number), state.to_json())
     if any(c.number % FLUSH_INTERVAL == 0 or len(c.events()) > 1 for c in commits):
-        flush_shards(storage, state)
-    _write_state(storage, state)
+        flush_shards(storage, state, commits)
+    _replace_unless_newer(storage, STATE_KEY, state.to_json(), state.number, "number")
 
 
-def flush_shards(storage: Storage, state: RegistryState) -> None:
-    """Write the state's recent events into their months' shards (every `FLUSH_INTERVAL` commits,
-    fewer than the state keeps: no event is ever only in a commit)."""
+def flush_shards(storage: Storage, state: RegistryState, commits: Sequence[Commit] = ()) -> None:
+    """Write the state's recent events, and every event of `commits` (a migration brings many),
+    into their months' shards: every `FLUSH_INTERVAL` commits, fewer than the state keeps, so no
+    event is ever only in a commit."""
     months = {indexed.month for indexed in state.recent}
-    for month in sorted(months if len(state.recent) < sum(map(len, state.months.values())) else state.months):
+    months |= {compact_time(event.time)[:6] for commit in commits for event in commit.events()}
+    for month in sorted(months & set(state.months)):
         read_shard(storage, state, month, flush=True)
-
-
-def _write_state(storage: Storage, state: RegistryState) -> None:
-    """Replace the state view unless it already shows this commit or a later one."""
-    with best_effort(storage, STATE_KEY):
-        for _ in range(3):
-            data, generation = storage.read_versioned(STATE_KEY)
-            if _number_in(data) >= state.number:
-                return
-            if storage.write_if_generation(STATE_KEY, state.to_json(), generation):
-                return
 
 
 def write_alias_view(storage: Storage, alias: str, state: AliasState) -> None:
     """Replace an alias's view unless it already reflects this move or a later one."""
-    key = alias_view_key(alias)
+    payload = alias_view_payload(state)
+    _replace_unless_newer(storage, alias_view_key(alias), payload, state.moved_by, LOG_VERSION)
+
+
+def _replace_unless_newer(storage: Storage, key: str, payload: bytes, number: int, field: str) -> None:
+    """Write `payload`, which shows commit `number`, unless the view already shows that commit or
+    a later one (its `field`); a writer of an older commit never replaces a newer view."""
     with best_effort(storage, key):
         for _ in range(3):
             data, generation = storage.read_versioned(key)
-            if _log_version(data) >= state.moved_by:
+            if _commit_shown(data, field) >= number:
                 return
-            if storage.write_if_generation(key, alias_view_payload(state), generation):
+            if storage.write_if_generation(key, payload, generation):
                 return
 
 
-def _number_in(data: bytes | None) -> int:
+def _commit_shown(data: bytes | None, field: str) -> int:
+    """The commit a view says it shows; -1 when absent or unreadable (it is replaced)."""
     try:
-        number = json.loads(data)["number"] if data is not None else -1
-    except (ValueError, KeyError, TypeError):
-        return -1  # unreadable: replaced
-    return number if isinstance(number, int) else -1
-
-
-def _log_version(data: bytes | None) -> int:
-    try:
-        version = json.loads(data).get(LOG_VERSION, -1) if data is not None else -1
+        shown = json.loads(data).get(field, -1) if data is not None else -1
     except (ValueError, AttributeError):
         return -1
-    return version if isinstance(version, int) else -1
+    return shown if isinstance(shown, int) and not isinstance(shown, bool) else -1
 
 
 @contextmanager

@@ -5,9 +5,9 @@ alias and the version it points at (`registry.aliases`), every published version
 gate verdict and alias badges, the promotion history a page at a time (newest first), and each
 version's report figures, model card and comparison with the champion, read through
 `Registry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is
-cached). Versions and history come from the registry's indexes (`registry.index`), aliases from
-one listing and one read each, so a page costs a handful of storage calls however many versions
-and events the registry holds.
+cached). Versions, aliases and the newest history come from the registry's state (`registry.state`,
+kept current from its commit log), older history from one shard a month, so a page costs a handful
+of storage calls however many versions and events the registry holds.
 
 Every route sits behind Airflow's own authentication: the dependency Airflow's REST API uses
 (`requires_access_view`), which reads the JWT from the `Authorization` header or the `_token`
