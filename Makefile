@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate > /dev/null
 	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test mnist_training
+	$(AIRFLOW_ENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/airflow dags test mnist_serving_export
 	$(BIN)/mnist-pipeline summary
 
 # The Airflow UI (airflow standalone) with the same settings as demo, until Ctrl-C; AIRFLOW_PORT=8081 moves it.

@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# An AVX2-only CPU (AMD Zen 2, Intel Haswell to Comet Lake) on a newer one: oneDNN's kernels
+# limited to AVX2, and float32 (precision "auto" must choose it there). The pipeline turns oneDNN
+# on everywhere (config.prepare_tensorflow_environment); TensorFlow alone would use its Eigen
+# kernels on such a CPU.
+AVX2_PATH = {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
 def mnist_source() -> str:
@@ -56,13 +61,21 @@ def throwaway_airflow_env(tmp: str, **extra: str) -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
+    from mnist_pipeline.training.trainer import cpu_flags
+
     return {
         "cpu": cpu_model(),
+        "cpu_flags": sorted(cpu_flags() & NOTABLE_FLAGS),
+        "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
+
+
+NOTABLE_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
 
 
 def cpu_model() -> str:

@@ -3,9 +3,14 @@ with the project's plugin, over a registry of N versions and N history events on
 
     .venv/bin/python benchmarks/registry_page_load.py [--versions 1000] [--clients 32] [--seconds 30]
 
-Each client requests the overview page again and again with a bearer token for `--seconds`;
-prints requests, errors (anything but a 200, or no answer), requests per second and the p50 / p95
-/ p99 latency, and writes benchmarks/results/registry_page_load.json.
+Each client requests the overview page again and again with a bearer token for `--seconds`, in
+two rounds: "full" fetches the whole page every time (a 200 with the page), "revalidated" sends
+the ETag it was given back in If-None-Match, as a browser does (a 304, or a 200 after a commit).
+Prints, per round, requests, errors (any other answer, or none), requests per second and the p50 /
+p95 / p99 latency, and the CPU; writes benchmarks/results/registry_page_load.json.
+
+The page is rendered once per head of the registry's log, so what a request costs is Airflow's
+authentication, one probe for a newer commit and one read of the incoming summary.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import socket
 import statistics
 import subprocess
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -29,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import fake_gcs_server, write_result
-from registry_scale import fill_registry
+from registry_scale import seed_registry
 
 REPO = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "reviewer", "a-known-benchmark-password"
@@ -47,15 +54,32 @@ def main() -> None:
     with fake_gcs_server():
         bucket = f"mnist-load-{uuid.uuid4().hex[:8]}"
         GcsStorage(f"gs://{bucket}").client.create_bucket(bucket)
-        fill_registry(GcsStorage(f"gs://{bucket}/registry"), args.versions)
+        seed_registry(GcsStorage(f"gs://{bucket}/registry"), args.versions)
         with (
             tempfile.TemporaryDirectory(prefix="mnist-load-") as home,
             ApiServer(Path(home), bucket) as base,
         ):
-            result = hammer(f"{base}/model-registry/", token(base), args.clients, args.seconds)
-    result |= {"versions": args.versions, "events": args.versions, "clients": args.clients}
+            url, bearer = f"{base}/model-registry/", token(base)
+            rounds = {
+                how: hammer(url, bearer, args.clients, args.seconds, how == "revalidated") for how in ROUNDS
+            }
+    result = {"versions": args.versions, "events": args.versions, "clients": args.clients}
+    result |= {"cpu": cpu_model(), "cores": os.cpu_count(), "rounds": rounds}
     print_result(result)
     print(f"\nwrote {write_result('registry_page_load', result)}")
+
+
+ROUNDS = ("full", "revalidated")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class ApiServer:
@@ -121,27 +145,21 @@ def token(base: str) -> str:
         return json.load(response)["access_token"]
 
 
-def hammer(url: str, bearer: str, clients: int, seconds: float) -> dict[str, Any]:
-    """`clients` threads requesting `url` until `seconds` have passed; every answer timed."""
+def hammer(url: str, bearer: str, clients: int, seconds: float, revalidate: bool = False) -> dict[str, Any]:
+    """`clients` threads requesting `url` until `seconds` have passed; every answer timed. With
+    `revalidate`, each client sends back the ETag it last got, and a 304 counts as an answer."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def client() -> None:
-        request = urllib.request.Request(
-            url, headers={"Authorization": f"Bearer {bearer}", "Accept": "text/html"}
-        )
+        etag = ""
         while time.monotonic() < deadline:
+            headers = {"Authorization": f"Bearer {bearer}", "Accept": "text/html"}
+            headers |= {"If-None-Match": etag} if revalidate and etag else {}
             started = time.monotonic()
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    ok, detail = (
-                        response.status == 200 and b"Model Registry" in response.read(),
-                        "unexpected page",
-                    )
-            except Exception as exc:  # an error is what is measured here, whatever its kind
-                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            ok, detail, etag = fetch(urllib.request.Request(url, headers=headers), etag)
             with lock:
                 (latencies.append(time.monotonic() - started) if ok else errors.append(detail))
 
@@ -153,6 +171,24 @@ def hammer(url: str, bearer: str, clients: int, seconds: float) -> dict[str, Any
         thread.join()
     elapsed = time.monotonic() - started
     return summary(latencies, errors, elapsed)
+
+
+def fetch(request: urllib.request.Request, etag: str) -> tuple[bool, str, str]:
+    """(answered as it should, what went wrong, the ETag to send next)."""
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            page = response.read()
+            return (
+                response.status == 200 and b"Model Registry" in page,
+                "unexpected page",
+                response.headers["ETag"],
+            )
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:  # urllib raises on anything but 2xx: Not Modified is the answer wanted
+            return True, "", exc.headers.get("ETag") or etag
+        return False, f"HTTP {exc.code}", etag
+    except Exception as exc:  # an error is what is measured here, whatever its kind
+        return False, f"{type(exc).__name__}: {exc}", etag
 
 
 def summary(latencies: list[float], errors: list[str], elapsed: float) -> dict[str, Any]:
@@ -176,8 +212,8 @@ def summary(latencies: list[float], errors: list[str], elapsed: float) -> dict[s
 
 def print_result(result: dict[str, Any]) -> None:
     print(f"\nregistry page under load: {result['versions']} versions, {result['events']} events")
+    print(f"CPU: {result['cpu']}, {result['cores']} cores")
     columns = {
-        "clients": "clients",
         "seconds": "seconds",
         "requests": "requests",
         "errors": "errors",
@@ -186,10 +222,12 @@ def print_result(result: dict[str, Any]) -> None:
         "p95_s": "p95 s",
         "p99_s": "p99 s",
     }
-    print(" ".join(f"{title:>8}" for title in columns.values()))
-    print(" ".join(f"{result[key]:>8}" for key in columns))
-    for error in result["first_errors"]:
-        print(f"error: {error}")
+    print(f"{'round':>12} {'clients':>8} " + " ".join(f"{title:>8}" for title in columns.values()))
+    for how, row in result["rounds"].items():
+        cells = " ".join(f"{row[key]:>8}" for key in columns)
+        print(f"{how:>12} {result['clients']:>8} {cells}")
+        for error in row["first_errors"]:
+            print(f"error ({how}): {error}")
 
 
 if __name__ == "__main__":

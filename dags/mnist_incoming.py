@@ -2,10 +2,13 @@
 ### MNIST incoming labelled data
 
 Every few minutes, takes the shards of new labelled digits that landed under
-`<artifacts>/incoming/` (`.npz` with `images` N x 28 x 28 uint8 and `labels` 0-9), validates each
-exactly once, moves valid ones to `accepted/` and invalid ones to `rejected/` with a reason file,
-and, once at least `MNIST_MIN_NEW_IMAGES` accepted images wait, announces them with an event on the
-`mnist_new_labelled_data` asset, which schedules `mnist_training`.
+`<artifacts>/incoming/` (`.npz` with `images` N x 28 x 28 uint8 and `labels` 0-9), checks each
+exactly once (never following a link; against base MNIST, the shards accepted before and, when
+the registry has a champion, its confident predictions), moves valid ones to `accepted/`, those
+whose labels look wrong to `quarantine/` and anything else to `rejected/`, each with a reason
+file (see docs/incoming.md), and, once at least `MNIST_MIN_NEW_IMAGES` accepted images wait,
+announces them with an event on the `mnist_new_labelled_data` asset, which schedules
+`mnist_training`.
 """
 
 from __future__ import annotations
@@ -30,17 +33,15 @@ def _artifacts() -> Any:  # a Storage; the library is imported inside tasks only
 
 @task
 def process_shards() -> dict:
-    """Claim, validate and place every waiting shard; report what went where."""
+    """Claim, check and place every waiting entry; report what went where."""
     from mnist_pipeline.config import settings
-    from mnist_pipeline.data.incoming import INCOMING, process_incoming
-    from mnist_pipeline.data.mnist import load_mnist
+    from mnist_pipeline.data.incoming import INCOMING, ShardReport
+    from mnist_pipeline.steps import process_new_data
 
-    artifacts = _artifacts()
-    if not artifacts.list_keys(INCOMING):
-        return {"accepted": [], "rejected": [], "skipped": []}
-    # Base MNIST is the yardstick every shard is checked against (test digits must not leak in).
-    base = load_mnist(settings().source)
-    return process_incoming(artifacts, get_current_context()["run_id"], base).to_dict()
+    # Every entry counts, links and hidden names included: none may wait unreported.
+    if not _artifacts().entries(INCOMING):
+        return ShardReport().to_dict()
+    return process_new_data(settings(), get_current_context()["run_id"]).to_dict()
 
 
 @task(outlets=[NEW_LABELLED_DATA])

@@ -71,10 +71,25 @@ def _schedule() -> Any:
     return AssetOrTimeSchedule(timetable=timetable, assets=[NEW_LABELLED_DATA])
 
 
+def _bounds(**limits: float) -> dict[str, Any]:
+    """`minimum`/`maximum` (or the exclusive ones) for a number Param, nested in `allOf`.
+
+    The trigger form's number field clamps what was typed into a top-level minimum/maximum when it
+    loses focus: epochs 0 silently became 1 and started a run nobody asked for. Nested, the form
+    leaves the value as typed, and Airflow's validation of the run's conf (form, REST API, `dags
+    test -c`) still refuses it: `Invalid input for param epochs: 0 is less than the minimum of 1`."""
+    return {"allOf": [limits]}
+
+
 def _positive_or_empty(title: str, description: str, section: str) -> Param:
     """An optional positive integer: empty keeps a default, 0 and negatives are refused."""
     return Param(
-        None, type=["null", "integer"], minimum=1, title=title, description=description, section=section
+        None,
+        type=["null", "integer"],
+        title=title,
+        description=f"{description} At least 1.",
+        section=section,
+        **_bounds(minimum=1),
     )
 
 
@@ -83,11 +98,10 @@ def _fraction(default: float, title: str, description: str) -> Param:
     return Param(
         default,
         type="number",
-        minimum=0,
-        maximum=0.5,
         title=title,
-        description=description,
+        description=f"{description} From 0 to 0.5.",
         section="Promotion",
+        **_bounds(minimum=0, maximum=0.5),
     )
 
 
@@ -155,11 +169,11 @@ PARAMS = {
     "learning_rate": Param(
         None,
         type=["null", "number"],
-        exclusiveMinimum=0,
-        maximum=1,
         title="Peak learning rate",
-        description="Empty keeps each model's default (cosine decay after a short warm-up).",
+        description="Above 0, at most 1. Empty keeps each model's default (cosine decay after a short"
+        " warm-up).",
         section="Training",
+        **_bounds(exclusiveMinimum=0, maximum=1),
     ),
     "sweep": _sweep_param(),
     "warm_start": Param(
@@ -184,10 +198,10 @@ PARAMS = {
     "max_train_images": Param(
         0,
         type="integer",
-        minimum=0,
         title="Training images",
         description="Train on the first N base training images only (0: all 60,000). For quick runs.",
         section="Training",
+        **_bounds(minimum=0),
     ),
     "source": Param(
         None,
@@ -221,10 +235,10 @@ PARAMS = {
     "min_slice_images": Param(
         GATE.min_slice_images,
         type="integer",
-        minimum=1,
         title="Smallest slice that decides",
-        description="A slice with fewer images is reported in the verdict but does not decide.",
+        description="At least 1. A slice with fewer images is reported in the verdict but does not decide.",
         section="Promotion",
+        **_bounds(minimum=1),
     ),
     "force_promote": Param(
         False,
@@ -272,11 +286,34 @@ def _train_config(model_name: str) -> Any:
 
     params = get_current_context()["params"]
     return TrainConfig(
-        epochs=params[f"{model_name}_epochs"] or params["epochs"],
-        batch_size=params[f"{model_name}_batch_size"] or params["batch_size"],
+        epochs=_first_given(params, f"{model_name}_epochs", "epochs"),
+        batch_size=_first_given(params, f"{model_name}_batch_size", "batch_size"),
         learning_rate=params["learning_rate"],
         precision=params.get("precision", "auto"),  # absent from runs triggered before it existed
     )
+
+
+def _first_given(params: Any, *keys: str) -> int | None:
+    """The first of `keys` that is set (not empty); None keeps the model's default. A value below 1
+    is refused naming its field, never read as "empty": `or` would turn epochs 0 into the default."""
+    from mnist_pipeline.errors import ConfigError
+
+    for key in keys:
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"param {key} must be a positive integer or empty (the default), got {value!r}")
+        return value
+    return None
+
+
+def _check_positive_params() -> None:
+    """Every epochs and batch size field, checked before the run reads any data."""
+    params = get_current_context()["params"]
+    for setting in ("epochs", "batch_size"):
+        for key in (setting, *(f"{name}_{setting}" for name in MODEL_NAMES)):
+            _first_given(params, key)
 
 
 def _warm_start_wanted() -> bool:
@@ -316,6 +353,7 @@ def ingest() -> dict:
     from mnist_pipeline import steps
 
     with _no_retry_on_bad_input():
+        _check_positive_params()  # epochs 0 fails the run here, naming the field, before anything trains
         _check_sweep()  # a bad sweep fails the run here, before any data is read or model trained
         return steps.ingest(_settings(), _run_id()).to_dict()
 
@@ -444,6 +482,16 @@ def _api_base_path() -> str:
     return urlparse(conf.get("api", "base_url", fallback="") or "").path
 
 
+def _no_approval_reason(outcome: Any) -> str:
+    """Why the approval task asks nobody, as its skip message says in the task log."""
+    if outcome is None:
+        return "no approval needed: promote did not run"
+    if outcome.promoted:
+        return "no approval needed: approval was not required, the gate moved the champion"
+    what = "a dry run" if outcome.dry_run else "the gate promoted nothing"
+    return f"no approval asked: {what} ({outcome.verdict.reason}); one is asked only for a promotion"
+
+
 class CandidateApproval(ApprovalOperator):
     """Airflow's approval operator, asking a person about the candidate `promote` published.
 
@@ -459,7 +507,7 @@ class CandidateApproval(ApprovalOperator):
 
         outcome = _promotion_outcome(context)
         if outcome is None or not outcome.awaiting_approval:
-            raise AirflowSkipException("no approval needed: the promotion did not ask for one")
+            raise AirflowSkipException(_no_approval_reason(outcome))
         hours = float(context["params"]["approval_timeout_hours"])
         request = approval_request(outcome, context["run_id"], hours, _api_base_path())
         self.subject, self.body = request.subject, request.body

@@ -5,7 +5,7 @@ Importing this package is cheap: TensorFlow loads only inside the steps that tra
 
 from __future__ import annotations
 
-from mnist_pipeline.config import PipelineSettings, TrainConfig, quiet_tensorflow_start_up
+from mnist_pipeline.config import PipelineSettings, TrainConfig, prepare_tensorflow_environment
 from mnist_pipeline.errors import (
     ConfigError,
     DataError,
@@ -16,7 +16,7 @@ from mnist_pipeline.errors import (
 )
 from mnist_pipeline.training.architectures import MODEL_NAMES, build_model, get_model_spec
 
-quiet_tensorflow_start_up()  # before any step imports TensorFlow
+prepare_tensorflow_environment()  # before any step imports TensorFlow
 
 __all__ = [
     "MODEL_NAMES",

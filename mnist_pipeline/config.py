@@ -28,7 +28,7 @@ __all__ = [
     "REPO_ROOT",
     "PipelineSettings",
     "TrainConfig",
-    "quiet_tensorflow_start_up",
+    "prepare_tensorflow_environment",
     "settings",
 ]
 
@@ -39,11 +39,20 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 APPROVAL_MODES = ("none", "required")  # does a promotion wait for a person's approval?
 
 
-def quiet_tensorflow_start_up(env: dict[str, str] | None = None) -> None:
-    """Keep TensorFlow's C++ start-up notices (CPU features, absl) off stderr, which Airflow's task
-    logs show as errors; its warnings and errors still show. Must run before TensorFlow loads (the
-    package's import does it); a value already set wins, so TF_CPP_MIN_LOG_LEVEL=0 restores all."""
-    (os.environ if env is None else env).setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def prepare_tensorflow_environment(env: dict[str, str] | None = None) -> None:
+    """TensorFlow's start-up settings, which it reads once as it loads (the package's import sets
+    them, before any step imports TensorFlow); a value already set wins.
+
+    - TF_CPP_MIN_LOG_LEVEL=2 keeps its C++ start-up notices (CPU features, absl) off stderr, which
+      Airflow's task logs show as errors; its warnings and errors still show.
+    - TF_ENABLE_ONEDNN_OPTS=1 runs convolutions and matrix products on oneDNN's kernels on every
+      x86 CPU. TensorFlow turns them on by itself only where the CPU has VNNI, bfloat16 or AMX
+      units, and uses its slower Eigen kernels on the AVX2-only CPUs most people have
+      (benchmarks/cnn_front.py measures both).
+    """
+    target = os.environ if env is None else env
+    target.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    target.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def _local_default(name: str) -> str:

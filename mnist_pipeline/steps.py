@@ -1,4 +1,5 @@
-"""The pipeline's steps, as plain functions: `ingest`, `train` (once per trial of a sweep), `select`
+"""The pipeline's steps, as plain functions: `process_new_data` (the shards that landed under
+`incoming/`, checked and placed), `ingest`, `train` (once per trial of a sweep), `select`
 (a sweep's best trial, on validation), `evaluate`, `promote`, then
 `release` (the champion moved: by the gate, or by a person's approval) or `decline` (a person
 rejected the candidate, or did not answer in time).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ import numpy as np
 
 from mnist_pipeline import lineage
 from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.data.incoming import ShardReport
+from mnist_pipeline.data.label_check import Champion
 from mnist_pipeline.data.mnist import MnistData, split_validation
 from mnist_pipeline.data.snapshot import SnapshotInfo, read_snapshot, write_snapshot
-from mnist_pipeline.errors import ConfigError
+from mnist_pipeline.errors import ConfigError, RegistryError
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.hashing import read_verified, sha256_hex
 from mnist_pipeline.registry.approval import ApprovalAnswer, decline_candidate, released
@@ -40,9 +43,78 @@ from mnist_pipeline.training.sweeps import Trial
 from mnist_pipeline.trials import SELECTED_ON, TrialResult, TrialTable, choose_winner
 from mnist_pipeline.workers import worker_hostname
 
-__all__ = ["decline", "evaluate", "ingest", "promote", "release", "run_evaluations", "select", "train"]
+__all__ = [
+    "champion_for_labels",
+    "decline",
+    "evaluate",
+    "ingest",
+    "process_new_data",
+    "promote",
+    "release",
+    "run_evaluations",
+    "select",
+    "train",
+]
 
 log = logging.getLogger(__name__)
+
+
+def process_new_data(settings: PipelineSettings, run_id: str) -> ShardReport:
+    """Check and place every entry waiting under `<artifacts>/incoming/` (`data.incoming`), judged
+    against base MNIST and, when the registry has a champion, its labels against the champion's
+    confident predictions; returns the `ShardReport`."""
+    from mnist_pipeline.data.incoming import process_incoming
+    from mnist_pipeline.data.mnist import load_mnist
+
+    base = load_mnist(settings.source)  # the yardstick: no test digit may leak into training
+    champion = champion_for_labels(settings, base)
+    return process_incoming(open_storage(settings.artifacts_uri), run_id, base, champion)
+
+
+def champion_for_labels(settings: PipelineSettings, base: MnistData) -> Champion | None:
+    """The registry's champion as the label check uses it (None: no champion yet). Its model is
+    loaded only when the check first predicts, so a run with nothing to check never imports
+    TensorFlow; its per-class error comes from the test predictions it was published with."""
+    registry = Registry(open_storage(settings.registry_uri))
+    pointer = registry.champion()
+    if pointer is None:
+        return None
+    ref = VersionRef(pointer.model, pointer.version)
+    return Champion(str(ref), _champion_predictor(registry, ref), _class_error(registry, ref, base))
+
+
+def _champion_predictor(registry: Registry, ref: VersionRef) -> Callable[[np.ndarray], np.ndarray]:
+    """The champion's probabilities for a batch of images; its model is read (sha256-verified) and
+    loaded on the first call, once per run."""
+    loaded: list[Any] = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        from mnist_pipeline.evaluation.metrics import predict_probabilities
+        from mnist_pipeline.training.model_io import load_model_bytes
+
+        if not loaded:
+            loaded.append(load_model_bytes(registry.verified_file(ref, "model.keras")))
+        return predict_probabilities(loaded[0], images)
+
+    return predict
+
+
+def _class_error(registry: Registry, ref: VersionRef, base: MnistData) -> tuple[float, ...] | None:
+    """The champion's test error on each true class, when it was measured on `base`'s test set."""
+    try:
+        measured_on = registry.metadata(ref).get("metrics", {}).get("test_hash")
+        predicted = registry.predictions(ref)
+    except RegistryError as exc:
+        log.warning("the champion %s has no readable test predictions (%s): its error is unknown", ref, exc)
+        return None
+    if measured_on != base.test_hash() or len(predicted) != len(base.y_test):
+        log.warning("the champion %s was measured on another test set: its error is unknown", ref)
+        return None
+    errors = []
+    for digit in range(10):
+        mine = base.y_test == digit
+        errors.append(float((predicted[mine] != digit).mean()) if mine.any() else 0.0)
+    return tuple(errors)
 
 
 def ingest(settings: PipelineSettings, run_id: str) -> SnapshotInfo:

@@ -11,6 +11,11 @@ seconds (default 120). A storage outage shorter than that is survived; a longer 
 
 `compare_and_swap` is the one read-decide-write loop every shared object (the champion pointer,
 the incoming ledger) is updated through.
+
+Folders that anyone may write into (`incoming/`) are read through `entries`, `read_entry`,
+`move_entry` and `delete_entry`, which never follow a link: an entry is examined as it is (lstat),
+and a symbolic link, a folder, a device or a FIFO is reported as such, moved as itself (a rename)
+and never opened, so its target is never read, moved or deleted.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +41,9 @@ from mnist_pipeline.errors import StorageError
 
 __all__ = [
     "CAS_ATTEMPTS",
+    "ENTRY_KINDS",
     "CountingStorage",
+    "Entry",
     "GcsStorage",
     "LocalStorage",
     "Storage",
@@ -46,6 +55,35 @@ __all__ = [
 
 CAS_ATTEMPTS = 5  # read-decide-write rounds before giving up on an object other writers keep moving
 _Result = TypeVar("_Result")
+# What an entry of a folder is, from its lstat: only a "file" is ever opened.
+ENTRY_KINDS = ("file", "link", "folder", "device", "fifo", "socket", "unknown", "unreadable")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a folder as it is, never through a link: `key` relative to the storage root."""
+
+    key: str
+    kind: str  # one of ENTRY_KINDS
+    size: int = 0
+    modified: float = 0.0
+    target: str | None = None  # what a symbolic link says it points at (read from the link itself)
+    error: str | None = None  # why an "unreadable" entry could not be examined
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISLNK, "link"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "device"),
+        (stat.S_ISBLK, "device"),
+    ):
+        if test(mode):
+            return kind
+    return "unknown"
 
 
 def retry_deadline() -> float:
@@ -57,6 +95,10 @@ class Storage(ABC):
     """Keys are `/`-separated paths relative to the storage root."""
 
     root_uri: str
+    # Whether a hidden entry (a leading dot) may be a file still being written: writers on a file
+    # system (rsync, `_complete_file_beside`) write under such a name, then rename; a bucket's
+    # objects appear whole.
+    hidden_entries_may_be_partial: bool = False
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes: ...
@@ -102,6 +144,24 @@ class Storage(ABC):
         """Copy an object; backends override this to copy without reading it into memory."""
         self.write_bytes(target, self.read_bytes(source))
 
+    @abstractmethod
+    def entries(self, prefix: str) -> list[Entry]:
+        """The entries directly in the folder `prefix`, in one listing, each as it is (never
+        through a link), sorted by key."""
+
+    def read_entry(self, key: str) -> bytes:
+        """A "file" entry's bytes; `StorageError` if it is no longer a plain file."""
+        return self.read_bytes(key)
+
+    def move_entry(self, key: str, target: str) -> None:
+        """Move the entry itself (a link as a link, a folder whole) to the key `target`."""
+        self.copy(key, target)
+        self.delete_entry(key)
+
+    def delete_entry(self, key: str) -> None:
+        """Remove this one entry (a link, never its target)."""
+        self.delete(key)
+
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
 
@@ -136,6 +196,8 @@ class Storage(ABC):
 
 
 class LocalStorage(Storage):
+    hidden_entries_may_be_partial = True
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root_uri = str(self.root)
@@ -171,11 +233,76 @@ class LocalStorage(Storage):
             return [prefix]
         if not base.is_dir():
             return []
+        # A symbolic link is no object of this store, whatever it points at.
         return sorted(
             p.relative_to(self.root).as_posix()
             for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
         )
+
+    def entries(self, prefix: str) -> list[Entry]:
+        folder = self._unfollowed_folder(prefix)
+        try:
+            with os.scandir(folder) as scan:
+                found = [self._entry(prefix, item) for item in scan]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"{self.uri(prefix)} cannot be listed ({exc.strerror or exc})") from exc
+        return sorted(found, key=lambda entry: entry.key)
+
+    def _unfollowed_folder(self, prefix: str) -> Path:
+        """The folder of `prefix`, refused when it is itself a symbolic link: listing it would
+        treat whatever it points at (the registry, say) as this folder."""
+        lexical = self.root / prefix.strip("/")
+        if lexical.is_symlink():
+            raise StorageError(f"{self.uri(prefix)} is a symbolic link; it is never followed")
+        return self._path(prefix)
+
+    @staticmethod
+    def _entry(prefix: str, item: os.DirEntry) -> Entry:
+        key = f"{prefix.rstrip('/')}/{item.name}" if prefix.strip("/") else item.name
+        try:
+            info = item.stat(follow_symlinks=False)  # lstat: a link is examined, not its target
+        except OSError as exc:
+            return Entry(key, "unreadable", error=exc.strerror or str(exc))
+        kind = _kind_of(info.st_mode)
+        target = None
+        if kind == "link":
+            with suppress(OSError):
+                target = os.readlink(item.path)
+        return Entry(key, kind, info.st_size, info.st_mtime, target)
+
+    def _entry_path(self, key: str) -> Path:
+        """The entry's own path: its folder resolved, its last component never followed."""
+        folder, _, name = key.rstrip("/").rpartition("/")
+        if name in ("", ".", ".."):
+            raise StorageError(f"{self.uri(key)} names no entry")
+        return (self._path(folder) if folder else self.root) / name
+
+    def read_entry(self, key: str) -> bytes:
+        path = self._entry_path(key)
+        # O_NOFOLLOW: a file swapped for a link since the listing is refused, not followed;
+        # O_NONBLOCK: one swapped for a FIFO does not hang the run.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            raise StorageError(f"{self.uri(key)} cannot be opened as a file ({exc.strerror or exc})") from exc
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise StorageError(f"{self.uri(key)} is no longer a plain file")
+            return handle.read()
+
+    def move_entry(self, key: str, target: str) -> None:
+        origin, destination = self._entry_path(key), self._path(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(origin, destination)  # renames the link or folder itself, atomically
+
+    def delete_entry(self, key: str) -> None:
+        path = self._entry_path(key)
+        with suppress(FileNotFoundError):
+            path.unlink()  # unlink() removes a link itself, never its target
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -319,6 +446,29 @@ class GcsStorage(Storage):
     def sizes(self, prefix: str = "") -> dict[str, int]:
         return {key: int(blob.size or 0) for key, blob in self._list_blobs(prefix).items()}
 
+    def entries(self, prefix: str) -> list[Entry]:
+        """Every object under `prefix` (a bucket has no links or devices); a name ending in `/`
+        is a folder placeholder, as the console creates them."""
+        blobs = self._list_blobs(prefix)
+        return [
+            Entry(
+                key,
+                "folder" if key.endswith("/") else "file",
+                int(blob.size or 0),
+                blob.updated.timestamp() if blob.updated else 0.0,
+            )
+            for key, blob in sorted(blobs.items())
+            if key != prefix
+        ]
+
+    def delete_entry(self, key: str) -> None:
+        from google.api_core import exceptions
+
+        # This one object: `delete` removes everything under a prefix, which would take
+        # `incoming/a.npz.bak` along with `incoming/a.npz`.
+        with self._reaching(key), suppress(exceptions.NotFound):
+            self.bucket.blob(self._name(key)).delete(retry=_retry())
+
     def copy(self, source: str, target: str) -> None:
         from google.api_core import exceptions
 
@@ -395,6 +545,7 @@ class CountingStorage(Storage):
 
     def __init__(self, inner: Storage) -> None:
         self.inner, self.root_uri = inner, inner.root_uri
+        self.hidden_entries_may_be_partial = inner.hidden_entries_may_be_partial
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -439,6 +590,18 @@ class CountingStorage(Storage):
 
     def copy(self, source: str, target: str) -> None:
         self._count("copy", source, target)
+
+    def entries(self, prefix: str) -> list[Entry]:
+        return self._count("entries", prefix)
+
+    def read_entry(self, key: str) -> bytes:
+        return self._count("read_entry", key)
+
+    def move_entry(self, key: str, target: str) -> None:
+        self._count("move_entry", key, target)
+
+    def delete_entry(self, key: str) -> None:
+        self._count("delete_entry", key)
 
 
 _SESSION_RESTARTS = 2  # a large upload started over after the server forgot its session

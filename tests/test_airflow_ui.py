@@ -250,6 +250,24 @@ def test_the_dag_is_listed(ui: RunningUi) -> None:
 
 
 @pytest.mark.slow
+def test_idle_it_keeps_two_task_workers_per_core_up_to_4_in_under_2_5_gb(ui: RunningUi) -> None:
+    """Airflow's default parallelism, 32, forked 32 LocalExecutor workers that held 6.6 GB idle."""
+    slots = min(2 * len(os.sched_getaffinity(0)), 4)
+    assert ui.wrapper.printed(r"tasks: +at most (\d+) at once") == str(slots)
+    api = Api(ui.address)
+    api.sign_in(ui.username, ui.password)
+    assert wait_until(lambda: "mnist_training" in api.dag_ids(), DAG_TIMEOUT_S, 2.0)  # parsed: idle now
+    procs = live_processes(ui.sessions)
+    titles = [" ".join(proc.cmdline()) for proc in procs]
+    workers = [title for title in titles if title.startswith("airflow worker -- LocalExecutor")]
+    assert 0 < len(workers) <= slots, titles
+    sizes = [proc.memory_info().rss for proc in procs]
+    print(f"\nidle: {len(procs)} processes, {len(workers)} task workers, {sum(sizes) / 1e9:.2f} GB RSS")
+    table = [f"{size / 1e6:6.0f} MB  {title[:90]}" for size, title in zip(sizes, titles, strict=True)]
+    assert sum(sizes) <= 2.5e9, "\n".join(table)
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_everything(ui: RunningUi) -> None:
     """Runs last: SIGINT, as Ctrl-C sends it; the wrapper exits 0 and no process it started is left."""
     assert len(ui.groups) > 1, "standalone's process group was not seen"

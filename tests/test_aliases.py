@@ -516,7 +516,8 @@ def test_the_overview_lists_every_alias_and_badges_the_versions(registry, versio
     table = html.split('<table id="aliases">')[1].split("</table>")[0]
     assert html.index('id="aliases"') < html.index('id="versions"')
     assert f'<a href="/versions/{v3}">dnn / {v3.version}</a>' in table and f"{WHO}: smoke tests" in table
-    version_rows = html.split('<table id="versions">')[1].split("<tr ")[1:]  # the header is "<tr>"
+    versions_table = html.split('<table id="versions">')[1].split("</table>")[0]
+    version_rows = versions_table.split("<tr ")[1:]  # the header is "<tr>"
     rows = {row.split('data-version="')[1].split('"')[0]: row for row in version_rows}
     assert rows[str(v1)].startswith('class="champion"')  # the champion keeps its row style and badge
     assert '<span class="badge">champion</span>' in rows[str(v1)]

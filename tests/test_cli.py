@@ -52,6 +52,31 @@ def test_the_steps_chain_into_a_promotion(env: dict[str, str]) -> None:
     assert json.loads(cli(env, "registry", "rollback").stdout)["kind"] == "rollback"
 
 
+@pytest.mark.slow
+def test_a_run_below_the_first_champion_floor_says_why_nothing_was_promoted(
+    env: dict[str, str], mnist_npz: Path
+) -> None:
+    from mnist_pipeline.config import PipelineSettings
+    from mnist_pipeline.registry.gate import GateConfig
+    from mnist_pipeline.registry.promotion import PromotionOptions, promote
+    from mnist_pipeline.runs import run_key
+    from tests.trained_runs import evaluate_runs
+
+    artifacts, registry = env["MNIST_ARTIFACTS_URI"], env["MNIST_REGISTRY_URI"]
+    evaluations = evaluate_runs(artifacts, mnist_npz, {"small": ("linear", 500, 1)})
+    settings = PipelineSettings(artifacts_uri=artifacts, registry_uri=registry)
+    options = PromotionOptions(gate=GateConfig(floor=0.99), approval=True)  # a small run: below it
+    outcome = promote(list(evaluations.values()), settings, "small", options)
+    assert not outcome.promoted and not outcome.awaiting_approval
+
+    why = open_storage(artifacts).read_json(f"{run_key('small')}/promotion.json")["why_not_promoted"]
+    assert "no champion yet, and the run's best model, linear, scored 0." in why
+    assert "below the 0.99 a first champion must reach" in why
+    assert "approval was required but not asked for" in why
+    summary = cli(env, "summary")
+    assert summary.returncode == 0 and f"nothing promoted: {why}" in summary.stdout
+
+
 def test_registry_commands_name_unknown_versions(env: dict[str, str]) -> None:
     result = cli(env, "registry", "show", "cnn/20990101T000000Z-deadbeef")
     assert result.returncode == 2 and "unknown version cnn/20990101T000000Z-deadbeef" in result.stderr

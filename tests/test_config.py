@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline.config import ENVIRONMENT_VARIABLES, PipelineSettings, quiet_tensorflow_start_up
+from mnist_pipeline.config import ENVIRONMENT_VARIABLES, PipelineSettings, prepare_tensorflow_environment
 from mnist_pipeline.errors import ConfigError, StorageError
 from mnist_pipeline.storage import compare_and_swap, open_storage
 
@@ -89,9 +89,10 @@ def test_compare_and_swap_writes_nothing_when_told_to_and_gives_up_on_a_moving_o
         compare_and_swap(storage, "ledger", always_raced)
 
 
-def test_tensorflow_start_up_notices_are_quiet_unless_a_level_is_chosen() -> None:
+def test_tensorflow_starts_quiet_on_onednn_kernels_unless_the_operator_chose_otherwise() -> None:
     unset: dict[str, str] = {}
-    quiet_tensorflow_start_up(unset)
-    chosen = {"TF_CPP_MIN_LOG_LEVEL": "0"}
-    quiet_tensorflow_start_up(chosen)
-    assert unset == {"TF_CPP_MIN_LOG_LEVEL": "2"} and chosen == {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    prepare_tensorflow_environment(unset)
+    chosen = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    prepare_tensorflow_environment(chosen)
+    assert unset == {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert chosen == {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "0"}

@@ -106,6 +106,45 @@ def test_an_untouched_trigger_form_starts_a_valid_run_and_every_task_retries(dag
     assert dag.catchup is False and dag.max_active_runs == 1
 
 
+def test_the_form_leaves_a_typed_number_as_typed_for_airflow_to_refuse(dag) -> None:
+    """The form's number field clamps what was typed into a top-level minimum or maximum (epochs 0
+    became 1 and started a full run); nested in `allOf`, the bounds are Airflow's to enforce."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for name in dag.params:
+        assert not {"minimum", "maximum"} & set(dag.params.get_param(name).schema), name
+    for name, bad in (("epochs", 0), ("cnn_batch_size", -1), ("promotion_margin", 0.7)):
+        with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}: {bad} is"):
+            copy.deepcopy(dag.params).update({name: bad})
+
+
+def test_the_rest_api_refuses_epochs_0_naming_the_field_and_starts_nothing(api) -> None:
+    runs = "/api/v2/dags/mnist_training/dagRuns"
+    before = api.get(runs).json()["total_entries"]
+    for field in ("epochs", "dnn_epochs"):
+        response = api.post(runs, json={"logical_date": None, "conf": {"models": ["linear"], field: 0}})
+        assert response.status_code == 400, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith(f"Invalid input for param {field}: 0 is less than the minimum of 1")
+    assert api.get(runs).json()["total_entries"] == before
+
+
+def test_a_run_refuses_epochs_0_naming_the_field_instead_of_reading_it_as_empty() -> None:
+    """Should a run's conf ever bypass the schema: 0 is not "empty", which keeps the default."""
+    import runpy
+
+    from mnist_pipeline.errors import ConfigError
+
+    first_given = runpy.run_path(str(REPO / "dags" / "mnist_training.py"))["_first_given"]
+    assert first_given({"cnn_epochs": None, "epochs": 3}, "cnn_epochs", "epochs") == 3
+    assert first_given({"cnn_epochs": 2, "epochs": 3}, "cnn_epochs", "epochs") == 2
+    assert first_given({"cnn_epochs": None, "epochs": None}, "cnn_epochs", "epochs") is None
+    with pytest.raises(
+        ConfigError, match=r"^param cnn_epochs must be a positive integer or empty .*, got 0$"
+    ):
+        first_given({"cnn_epochs": 0, "epochs": 3}, "cnn_epochs", "epochs")
+
+
 @pytest.mark.parametrize("dag_file", ["mnist_training.py", "mnist_serving_export.py"])
 def test_parsing_the_dag_file_does_not_import_tensorflow(dag_file: str) -> None:
     code = (

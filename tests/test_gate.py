@@ -82,11 +82,22 @@ def test_a_recall_drop_within_the_limit_does_not_block() -> None:
     assert_promoted(judge([mnist_test(sevens, CHAMPION_WRONG)], GateConfig()))
 
 
+def test_a_recall_drop_of_exactly_the_limit_passes_and_one_image_more_is_refused() -> None:
+    at_limit = digit_indices(7, 8 + 10)  # 1.00 point of digit 7's recall: "at most 1 point"
+    verdict = judge([mnist_test(at_limit, CHAMPION_WRONG)], GateConfig())
+    assert_promoted(verdict)
+    assert verdict.recall_drops["7"] == pytest.approx(0.010)
+    beyond = digit_indices(7, 8 + 11)  # 1.10 points
+    assert_not_promoted(judge([mnist_test(beyond, CHAMPION_WRONG)], GateConfig()), "recall", "1.10 points")
+
+
 def test_new_data_decides_when_mnist_test_is_within_the_non_inferiority_margin() -> None:
-    same_test = mnist_test(
-        CHAMPION_WRONG[:85] if len(CHAMPION_WRONG) >= 85 else CHAMPION_WRONG, CHAMPION_WRONG
-    )
+    # 8 more errors on mnist_test, one on each of eight digits: 0.08 points below the champion,
+    # within the 0.1-point non-inferiority margin (and 0.1 points of recall each).
+    slightly_worse = np.concatenate([CHAMPION_WRONG, *(digit_indices(digit, 9)[8:] for digit in range(8))])
+    same_test = mnist_test(slightly_worse, CHAMPION_WRONG)
     verdict = judge([same_test, new_data(500, challenger_errors=5, champion_errors=45)], GateConfig())
+    assert verdict.challenger_accuracy == pytest.approx(verdict.champion_accuracy - 0.0008)
     assert_promoted(verdict)
     assert "new_data" in verdict.reason.split(":")[0]
     figures = verdict.slice(NEW_DATA)

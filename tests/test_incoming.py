@@ -27,6 +27,7 @@ from mnist_pipeline.data.snapshot import read_manifest
 from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import Storage, open_storage
+from tests.new_digits import new_digits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,9 +43,9 @@ def drop_shard(storage: Storage, name: str, images: np.ndarray, labels: np.ndarr
 
 
 def drop_valid_and_invalid(storage: Storage, mnist: MnistData, count: int = 1200) -> None:
-    # The last training images stand in for newly labelled digits.
-    drop_shard(storage, "batch-1.npz", mnist.x_train[-count:], mnist.y_train[-count:])
-    drop_shard(storage, "bad-labels.npz", mnist.x_train[:50], np.full(50, 10, np.int64))
+    # The last training images, moved, stand in for newly labelled digits.
+    drop_shard(storage, "batch-1.npz", new_digits(mnist.x_train[-count:]), mnist.y_train[-count:])
+    drop_shard(storage, "bad-labels.npz", new_digits(mnist.x_train[:50]), np.full(50, 10, np.int64))
 
 
 def test_shards_are_placed_with_reasons_and_processed_once(storage_uri: str, mnist: MnistData) -> None:
@@ -69,7 +70,7 @@ def test_shards_are_placed_with_reasons_and_processed_once(storage_uri: str, mni
 
 def test_a_shard_claimed_by_another_run_is_left_to_it(storage_uri: str, mnist: MnistData) -> None:
     storage = open_storage(storage_uri)
-    drop_shard(storage, "batch-1.npz", mnist.x_train[:10], mnist.y_train[:10])
+    drop_shard(storage, "batch-1.npz", new_digits(mnist.x_train[:10]), mnist.y_train[:10])
     raw = storage.read_bytes(f"{INCOMING}batch-1.npz")
     from mnist_pipeline.data.incoming import CLAIMS
     from mnist_pipeline.hashing import sha256_hex
@@ -83,10 +84,10 @@ def test_a_shard_claimed_by_another_run_is_left_to_it(storage_uri: str, mnist: M
 
 def test_announcements_wait_for_enough_images_and_happen_once(storage_uri: str, mnist: MnistData) -> None:
     storage = open_storage(storage_uri)
-    drop_shard(storage, "small.npz", mnist.x_train[:600], mnist.y_train[:600])
+    drop_shard(storage, "small.npz", new_digits(mnist.x_train[:600]), mnist.y_train[:600])
     process_incoming(storage, "r1", mnist)
     assert announce_pending(storage, threshold=1000) is None
-    drop_shard(storage, "more.npz", mnist.x_train[600:1100], mnist.y_train[600:1100])
+    drop_shard(storage, "more.npz", new_digits(mnist.x_train[600:1100]), mnist.y_train[600:1100])
     process_incoming(storage, "r2", mnist)
     announcement = announce_pending(storage, threshold=1000)
     assert announcement["images"] == 1100 and len(announcement["shards"]) == 2
@@ -150,7 +151,7 @@ def test_new_data_triggers_an_event_and_enters_the_next_training_set(
 
     run_ok(dags["mnist_training"], models=["dnn"], epochs=1, max_train_images=3000, force_promote=True)
     ingest = gcs_env.read_json(next(k for k in gcs_env.list_keys("runs/") if k.endswith("ingest.json")))
-    held_out = int(held_out_mask(mnist.x_train[-1200:]).sum())  # chosen by each image's content hash
+    held_out = int(held_out_mask(new_digits(mnist.x_train[-1200:])).sum())  # by each image's content hash
     assert ingest["new_test_images"] == held_out and ingest["train_images"] == 3000 + 1200 - held_out
     manifest = read_manifest(gcs_env, ingest["data_hash"])
     shard_entry = next(s for s in manifest["sources"] if s["kind"] == "shard")

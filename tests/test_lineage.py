@@ -60,8 +60,14 @@ def test_a_relative_path_is_named_by_its_absolute_path(
     assert dataset_name("data/mnist.npz") == ("file", str(tmp_path / "data" / "mnist.npz"))
 
 
-def test_outside_an_airflow_task_nothing_is_reported_and_nothing_fails() -> None:
+def test_outside_an_airflow_task_nothing_is_reported_and_nothing_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert lineage._running_task() is None  # no task runs in a test process
+    touched: list[Any] = []
+    monkeypatch.setattr(lineage, "_replace", lambda *args: touched.append(args))
     lineage.report([LineageDataset("/data/mnist.npz", "ab12")], [LineageDataset("gs://bucket/out")])
+    assert touched == []  # nothing was reported anywhere
 
 
 def test_a_task_reports_its_datasets_with_their_facets_and_keeps_its_assets(

@@ -20,11 +20,17 @@ from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import ConflictError, RegistryError
 from mnist_pipeline.evaluation.serving import ServingCheckError
 from mnist_pipeline.registry.client import Registry
-from mnist_pipeline.registry.gate import MNIST_TEST, GateConfig, Slice, judge, mcnemar_exact
+from mnist_pipeline.registry.gate import MNIST_TEST, GateConfig, Slice, Verdict, judge, mcnemar_exact
 from mnist_pipeline.registry.history import list_events
 from mnist_pipeline.registry.operations import promote_version, rollback
-from mnist_pipeline.registry.promotion import PromotionOptions, PromotionOutcome, promote
-from mnist_pipeline.registry.records import ChampionPointer
+from mnist_pipeline.registry.promotion import (
+    APPROVAL_PENDING,
+    PromotionOptions,
+    PromotionOutcome,
+    promote,
+    why_not_promoted,
+)
+from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import run_key
 from mnist_pipeline.storage import open_storage
@@ -258,6 +264,22 @@ def test_the_gate_wants_a_margin_and_significance() -> None:
     assert judge([Slice(MNIST_TEST, labels, clearly_better, champion)], GateConfig()).promote
     # +0.6 < 1 point
     assert not judge([Slice(MNIST_TEST, labels, clearly_better, champion)], GateConfig(margin=0.01)).promote
+
+
+def test_why_nothing_was_promoted_is_said_for_every_decision_that_moved_nothing() -> None:
+    def decision(verdict: Verdict, **fields: Any) -> HistoryEvent:
+        return HistoryEvent("gate", "dnn", verdict, fields.pop("promoted", False), **fields)
+
+    options = PromotionOptions()
+    kept = decision(Verdict(False, "not better by the margin", rule="not-better"))
+    assert why_not_promoted(kept, options) == "the champion stays: not better by the margin"
+    dry = why_not_promoted(decision(Verdict(True, "better"), dry_run=True), options)
+    assert dry == "a dry run writes nothing to the registry; the gate would have promoted (better)"
+    blocked = decision(Verdict(True, "better", blocked="serving check failed"))
+    assert "publishing it failed: serving check failed" in str(why_not_promoted(blocked, options))
+    assert why_not_promoted(decision(Verdict(True, "better"), promoted=True), options) is None
+    pending = decision(Verdict(True, "better"), version="v1", approval=APPROVAL_PENDING)
+    assert why_not_promoted(pending, PromotionOptions(approval=True)) is None
 
 
 def test_mcnemar_matches_the_binomial_tail() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from mnist_pipeline.runs import utc_now
 from mnist_pipeline.storage import Storage, open_storage
 from tests.registry_helpers import record_event, snapshot
 
+REPO = Path(__file__).resolve().parent.parent
 RUN = "manual__2026-01-01T00:00:00+00:00"
 GRAPH, INDEX, DATA = "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"
 
@@ -167,6 +169,47 @@ def test_numbers_taken_by_hand_are_skipped_and_a_cut_short_export_is_completed(r
     assert (resumed.number, resumed.written, resumed.files) == (5, True, [GRAPH])
 
 
+def test_the_export_dag_exports_the_current_champion_when_it_first_runs_unpaused(
+    airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion made before the DAG was active (by `make demo`, say) is exported by its first
+    run, which the clock starts as soon as the DAG is parsed: it is not paused on creation."""
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    monkeypatch.setenv("MNIST_REGISTRY_URI", str(tmp_path / "registry"))
+    dag = DagBag(dag_folder=str(REPO / "dags" / "mnist_serving_export.py")).dags["mnist_serving_export"]
+    assert dag.is_paused_upon_creation is False
+    first = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False),
+    )
+    assert first is not None and first.run_after <= pendulum.now("UTC")  # at once, not tomorrow
+
+    registry = Registry(open_storage(str(tmp_path / "registry")))
+    assert export_task_state(dag) == "skipped"  # no champion yet: nothing to export, nothing failed
+    ref = publish(registry, tmp_path / "folders", 1)
+    crown(registry, ref)
+    assert export_task_state(dag) == "success"
+    assert [(e.number, e.version) for e in serving_exports(registry.storage)] == [(1, ref.version)]
+
+
+def export_task_state(dag: Any) -> str:
+    """Run the export DAG once (no asset event, as the clock starts it); its task's final state."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag_run = dag.test()
+    assert str(dag_run.state) == "success"
+    with create_session() as session:
+        query = select(TaskInstance).where(TaskInstance.run_id == dag_run.run_id)
+        (instance,) = session.scalars(query.where(TaskInstance.dag_id == "mnist_serving_export"))
+        return str(instance.state)
+
+
 # --- approval ------------------------------------------------------------------------------------
 
 
@@ -211,12 +254,15 @@ def answer(approved: bool, user: str | None = "alice", timed_out: bool = False) 
 
 def test_the_request_shows_the_verdict_the_slices_and_a_link_to_the_version(registry, versions) -> None:
     from mnist_pipeline.web.app import URL_PREFIX
+    from mnist_pipeline.web.link import NAV_ROUTE
 
     crown(registry, versions[0])
     request = approval_request(pending(registry, versions[1]), RUN, 24, "/airflow")
     assert versions[1].version in request.subject
     page = "/airflow" + VERSION_PAGE.format(model="dnn", version=versions[1].version)
-    assert page.startswith(f"/airflow{URL_PREFIX}/versions/") and f"]({page})" in request.body
+    # Framed inside the Airflow UI, as the navigation entry opens the registry, not a bare page.
+    assert page.startswith(f"/airflow/plugin/{NAV_ROUTE}{URL_PREFIX}/versions/")
+    assert f"]({page})" in request.body
     assert "better on mnist_test" in request.body
     assert "| mnist_test | 10000 | 0.9300 | 0.9100 | 40 / 240 |" in request.body
     assert f"`dnn/{versions[0].version}`" in request.body and "24 h" in request.body

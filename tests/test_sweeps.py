@@ -25,10 +25,10 @@ LIMIT = PipelineSettings().max_trials  # 16: the DAG file is parsed without MNIS
 GRID = {"cnn": {"learning_rate": [0.001, 0.003], "dropout": [0.2, 0.4]}}
 # (sweep, the field the refusal names, what it says): every way a sweep is refused.
 REFUSED = {
-    "unknown model": ({"resnet": {"dropout": [0.2]}}, "sweep", "'resnet' was unexpected"),
-    "unknown setting": ({"cnn": {"lr": [0.1]}}, "sweep.cnn", "'lr' was unexpected"),
+    "unknown model": ({"resnet": {"dropout": [0.2]}}, "sweep", "'resnet' is not one of ['linear', 'dnn'"),
+    "unknown setting": ({"cnn": {"lr": [0.1]}}, "sweep.cnn", "'lr' is not one of ['epochs'"),
     "unknown setting in a trial": ({"cnn": [{"dropout": 0.2}, {"lr": 0.1}]}, "sweep.cnn[1]", "'lr'"),
-    "a setting of another model": ({"linear": {"dropout": [0.2]}}, "sweep.linear", "'dropout'"),
+    "a setting of another model": ({"linear": {"dropout": [0.2]}}, "sweep.linear", "'dropout' is not one"),
     "empty list": ({"cnn": {"dropout": []}}, "sweep.cnn.dropout", "should be non-empty"),
     "empty list of trials": ({"cnn": []}, "sweep.cnn", "should be non-empty"),
     "empty grid": ({"cnn": {}}, "sweep.cnn", "should be non-empty"),
@@ -146,17 +146,47 @@ def test_the_schema_is_generated_from_the_model_table_and_each_models_config(dag
     from dataclasses import fields
 
     schema = dag.params.get_param("sweep").schema
-    assert schema["additionalProperties"] is False and sorted(schema["properties"]) == sorted(MODEL_NAMES)
+    named, entries = schema["allOf"]
+    assert named["propertyNames"]["enum"] == list(MODEL_NAMES) == list(entries["properties"])
+    defs = schema["$defs"]
     for name, spec in MODELS.items():
-        model = schema["properties"][name]
-        grid, listed = model["then"], model["else"]
-        assert sorted(grid["properties"]) == sorted(f.name for f in fields(spec.config_type))
-        assert grid["properties"].keys() == listed["items"]["properties"].keys()
-        assert listed["maxItems"] == LIMIT and {p["maxItems"] for p in grid["properties"].values()} == {LIMIT}
-    assert "dropout" not in schema["properties"]["linear"]["then"]["properties"]
+        settings = sorted(f.name for f in fields(spec.config_type))
+        grid, trials, trial = (defs[f"{name}.{part}"]["allOf"] for part in ("grid", "trials", "trial"))
+        assert (
+            sorted(grid[1]["propertyNames"]["enum"]) == settings == sorted(trial[1]["propertyNames"]["enum"])
+        )
+        assert {"maxItems": LIMIT} in trials
+        assert all({"maxItems": LIMIT} in defs[f"{name}.{setting}.values"]["allOf"] for setting in settings)
+    assert "dropout" not in defs["linear.grid"]["allOf"][1]["propertyNames"]["enum"]
     generated = sweep_schema(MODELS, LIMIT)
     assert {key: schema[key] for key in generated} == generated  # plus the form's title and section
     assert dag.params["sweep"] == {}  # no sweep: one training per model
+
+
+def test_a_bad_sweep_is_refused_in_one_short_line_per_wrong_field(dag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    bad = {"cnn": {"dropout": [2], "lr": [0.1]}, "dnn": [{"hidden_units": [0]}], "linear": {"epochs": {}}}
+    with pytest.raises(ConfigError) as refused:
+        check_sweep(bad, LIMIT)
+    lines = str(refused.value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        "sweep.cnn",
+        "sweep.cnn.dropout[0]",
+        "sweep.dnn[0].hidden_units[0]",
+        "sweep.linear.epochs",
+    ]
+    assert "'lr' is not one of ['epochs'" in lines[0] and lines[1].endswith("the maximum of 1")
+    assert lines[2].endswith("less than the minimum of 1") and lines[3].endswith("is not of type 'array'")
+    huge = {"cnn": {"dropout": {"values": list(range(10_000))}}}
+    with pytest.raises(
+        ConfigError, match=r"^sweep\.cnn\.dropout: \{'values': \[0, 1, 2, 3, \.\.\.\]\} is not of"
+    ):
+        check_sweep(huge, LIMIT)
+    # Airflow's own refusal (form, REST API, `dags test -c`) quotes the one check that failed.
+    with pytest.raises(ParamValidationError) as by_airflow:
+        copy.deepcopy(dag.params).update({"sweep": {"cnn": {"dropout": [2]}}})
+    assert len(str(by_airflow.value)) < 400 and "On instance['cnn']['dropout'][0]" in str(by_airflow.value)
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
@@ -170,6 +200,7 @@ def test_airflow_refuses_a_bad_sweep_before_any_task_runs(dag, case: str) -> Non
         params.validate()
     if "limit" not in message:  # the schema says "is too long"; the library counts the trials
         assert message.split(" (")[0] in str(refused.value)
+    assert len(str(refused.value)) < 1500  # the check that failed, not every model's schema
 
 
 def test_airflow_accepts_a_good_sweep_and_a_grid_too_large_only_the_library_can_count(dag) -> None:
@@ -269,29 +300,6 @@ def test_the_model_card_shows_the_trials_when_there_was_more_than_one() -> None:
 
 
 # --- refused by the REST API (what the trigger form posts to) ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def api(airflow_db) -> Any:
-    """Airflow's api-server with the DAGs written to its database (as the dag processor would),
-    and a client signed in as an admin, who may trigger runs."""
-    from airflow.api_fastapi.app import create_app, get_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
-    from fastapi.testclient import TestClient
-
-    manager = DagBundlesManager()
-    manager.sync_bundles_to_db()
-    for bundle in manager.get_all_dag_bundles():
-        bundle.initialize()
-        bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
-        sync_bag_to_db(bag, bundle.name, bundle.version)
-    app = create_app("core")
-    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="ADMIN"))
-    with TestClient(app, base_url="http://localhost") as client:
-        client.headers["Authorization"] = f"Bearer {token}"
-        yield client
 
 
 @pytest.mark.parametrize(

@@ -159,7 +159,30 @@ def test_bfloat16_only_where_the_cpu_multiplies_it_in_hardware(
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
         path.write_text(cpuinfo)
-    assert cpu_multiplies_bfloat16(path) is expected
+    assert cpu_multiplies_bfloat16(path, env={}) is expected
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL"}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),  # an AVX2-only CPU, as the benchmarks run it
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, False),  # TensorFlow's own kernels emulate bfloat16
+        ({"TF_ENABLE_ONEDNN_OPTS": "false", "ONEDNN_MAX_CPU_ISA": "ALL"}, False),
+    ],
+)
+def test_auto_precision_is_float32_where_onednn_may_not_multiply_bfloat16(
+    tmp_path: Path, env: dict[str, str], expected: bool
+) -> None:
+    from mnist_pipeline.training.trainer import cpu_multiplies_bfloat16
+
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")  # Zen 4
+    assert cpu_multiplies_bfloat16(path, env=env) is expected
 
 
 @pytest.mark.slow
@@ -205,7 +228,7 @@ def test_the_cnn_trains_on_smoothed_labels_and_its_archive_loads_in_safe_mode() 
     assert cnn.loss.label_smoothing == CnnConfig().label_smoothing > 0
     assert _compiled_model("linear", LinearConfig(), 10, 0.0).loss == "sparse_categorical_crossentropy"
     loaded = load_model_bytes(model_to_bytes(cnn))
-    assert loaded.loss.label_smoothing == cnn.loss.label_smoothing
+    assert loaded.loss == "sparse_categorical_crossentropy"  # Keras' own, so plain Keras loads it
 
 
 def test_a_trained_models_archive_keeps_weights_and_compile_settings_but_not_the_optimizer_state(
@@ -231,7 +254,39 @@ def test_a_trained_models_archive_keeps_weights_and_compile_settings_but_not_the
     loaded = load_model_bytes(archive)
     digits = mnist.x_test[:64]
     np.testing.assert_array_equal(loaded.predict(digits, verbose=0), dnn.predict(digits, verbose=0))
-    assert loaded.loss.label_smoothing == DnnConfig().label_smoothing
+    assert loaded.loss == "sparse_categorical_crossentropy" and DnnConfig().label_smoothing > 0
     assert isinstance(loaded.optimizer, keras.optimizers.Adam) and loaded.optimizer.use_ema
     scores = loaded.evaluate(digits, mnist.y_test[:64], verbose=0, return_dict=True)
     assert set(scores) == {"loss", "accuracy"}
+
+
+def test_a_warm_start_begins_from_the_champions_own_weights_and_otherwise_says_why_not(
+    tmp_path: Path,
+) -> None:
+    from mnist_pipeline.config import PipelineSettings
+    from mnist_pipeline.registry.aliases import set_alias
+    from mnist_pipeline.registry.client import Registry
+    from mnist_pipeline.registry.state import CHAMPION
+    from mnist_pipeline.registry.store import VersionRef
+    from mnist_pipeline.steps import _initialisation
+    from mnist_pipeline.storage import open_storage
+    from mnist_pipeline.training.architectures import LinearConfig
+    from mnist_pipeline.training.model_io import model_to_bytes
+    from mnist_pipeline.training.trainer import _compiled_model
+
+    settings = PipelineSettings(registry_uri=str(tmp_path / "registry"), artifacts_uri=str(tmp_path / "work"))
+    assert "no champion yet" in _initialisation("linear", TrainConfig(), settings).note
+    champion = _compiled_model("linear", LinearConfig(), steps_per_epoch=2, ema_momentum=0.0)
+    folder, ref = tmp_path / "staged", VersionRef("linear", "20260101T000000Z-00000001")
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(model_to_bytes(champion))
+    registry = Registry(open_storage(settings.registry_uri))
+    registry.publish(ref, folder, {"metrics": {"accuracy": 0.92}})
+    set_alias(registry, CHAMPION, ref, "tester", "the champion")
+
+    start = _initialisation("linear", TrainConfig(), settings)
+    assert start.weights is not None and start.origin is not None and start.origin["version"] == ref.version
+    for ours, theirs in zip(start.weights, champion.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # its very weights, not a fresh initialisation
+    other = _initialisation("dnn", TrainConfig(), settings)
+    assert other.weights is None and "another architecture" in other.note

@@ -13,6 +13,7 @@ from mnist_pipeline.data.incoming import INCOMING, accepted_shards, announce_pen
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.data.slices import held_out_mask
 from mnist_pipeline.storage import Storage, open_storage
+from tests.new_digits import new_digits
 
 
 def drop_shard(storage: Storage, name: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -50,14 +51,14 @@ def test_test_digits_are_rejected_exact_shifted_or_retouched(storage: Storage, m
 
 
 def test_a_few_test_digits_hidden_among_new_ones_reject_the_shard(storage: Storage, mnist: MnistData) -> None:
-    images = np.concatenate([mnist.x_train[:280], retouched(mnist.x_test[5000:5020], seed=1)])
+    images = np.concatenate([new_digits(mnist.x_train[:280]), retouched(mnist.x_test[5000:5020], seed=1)])
     labels = np.concatenate([mnist.y_train[:280], mnist.y_test[5000:5020]])
     drop_shard(storage, "mixed.npz", images, labels)
     assert "20 of 300 images duplicate MNIST test images" in placed(storage, mnist)[1]["mixed.npz"]
 
 
 def test_training_digits_are_accepted_without_a_flag(storage: Storage, mnist: MnistData) -> None:
-    drop_shard(storage, "fresh.npz", mnist.x_train[-1000:], mnist.y_train[-1000:])
+    drop_shard(storage, "fresh.npz", new_digits(mnist.x_train[-1000:]), mnist.y_train[-1000:])
     accepted, rejected = placed(storage, mnist)
     assert rejected == {} and accepted["fresh.npz"]["flags"] == []
     stats = accepted["fresh.npz"]["statistics"]
@@ -70,7 +71,7 @@ def test_training_digits_are_accepted_without_a_flag(storage: Storage, mnist: Mn
 def test_a_skewed_shard_is_accepted_and_flagged_up_to_the_announcement(
     storage: Storage, mnist: MnistData
 ) -> None:
-    drop_shard(storage, "ones.npz", mnist.x_train[:1000], np.ones(1000, np.uint8))
+    drop_shard(storage, "ones.npz", new_digits(mnist.x_train[:1000]), np.ones(1000, np.uint8))
     accepted, _ = placed(storage, mnist)
     (flag,) = accepted["ones.npz"]["flags"]
     assert "100% are 1" in flag and "chi-square" in flag
@@ -80,14 +81,14 @@ def test_a_skewed_shard_is_accepted_and_flagged_up_to_the_announcement(
 
 
 def test_blank_images_reject_the_shard(storage: Storage, mnist: MnistData) -> None:
-    images = np.array(mnist.x_train[:100])
+    images = new_digits(mnist.x_train[:100])
     images[[3, 50]] = 0
     drop_shard(storage, "blank.npz", images, mnist.y_train[:100])
     assert "2 of 100 images are blank" in placed(storage, mnist)[1]["blank.npz"]
 
 
 def test_copies_of_the_held_out_new_data_slice_are_rejected(storage: Storage, mnist: MnistData) -> None:
-    first = mnist.x_train[-2000:]
+    first = new_digits(mnist.x_train[-2000:])
     drop_shard(storage, "first.npz", first, mnist.y_train[-2000:])
     held = first[held_out_mask(first)]
     assert len(held) > 100

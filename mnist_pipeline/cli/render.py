@@ -46,6 +46,8 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
         )
     verdict = "promoted" if decision["promoted"] else "not promoted"
     lines.append(f"challenger {decision['model']}: {verdict} ({decision['verdict']['reason']})")
+    if decision.get("why_not_promoted"):  # absent from runs recorded before it existed
+        lines.append(f"nothing promoted: {decision['why_not_promoted']}")
     champion = Registry(open_storage(settings.registry_uri)).champion()
     if champion:
         lines.append(

@@ -1,4 +1,5 @@
-"""What an incoming shard looks like next to base MNIST: labels, ink, blank images.
+"""What an incoming shard looks like next to base MNIST: labels, ink, blank images, and what the
+duplicate and label checks found in it.
 
 Blank images (nothing written) reject a shard: they are a scanner's or an exporter's failure, and
 every label on them is noise. A strongly skewed label histogram (all ones, say) is accepted, since
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mnist_pipeline.data.label_check import LabelCheck
 from mnist_pipeline.data.mnist import NUM_CLASSES
 from mnist_pipeline.records import Record
 
@@ -32,6 +34,8 @@ class ShardStatistics(Record):
     label_chi_square: float  # against base MNIST's label shares
     label_p_value: float
     skew: str | None = None  # why the labels are flagged as skewed; None when they are not
+    copied_images: int = 0  # images that copy base training images or accepted ones (below the limit)
+    label_check: LabelCheck | None = None  # the champion's view of the labels (or why it was skipped)
 
 
 def shard_statistics(

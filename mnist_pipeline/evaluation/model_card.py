@@ -11,7 +11,7 @@ from typing import Any
 
 from mnist_pipeline.evaluation.reports import per_class_markdown
 
-__all__ = ["MODEL_CARD_FILE", "render_model_card"]
+__all__ = ["LOAD_LINES", "MODEL_CARD_FILE", "render_model_card"]
 
 MODEL_CARD_FILE = "model_card.md"
 
@@ -19,6 +19,23 @@ _INTENDED_USE = (
     "Classifying single handwritten digits (0-9) given as 28x28 grayscale images, white digit on "
     "black, centred and size-normalised the way MNIST is. Input: uint8 pixels (or floats 0-255); "
     "output: 10 class probabilities. Meant for demonstrations, teaching and as a baseline."
+)
+# The lines that load the archive and predict, shown on every card (a test runs them as shown, in
+# a process without this library): plain Keras 3, the input exactly as the model takes it.
+LOAD_LINES = (
+    "import keras",
+    'model = keras.models.load_model("model.keras")',
+    "probabilities = model.predict(images)  # images: uint8, shape (N, 28, 28), pixels 0-255",
+)
+_HOW_TO_LOAD = (
+    "With Keras 3 (TensorFlow backend) alone, no code of this pipeline needed:\n\n```python\n"
+    + "\n".join(LOAD_LINES)
+    + "\n```\n\n`images` is a NumPy array of dtype uint8 and shape (N, 28, 28): raw pixels 0-255,"
+    " white digit on black, not rescaled (the model divides by 255 itself). `probabilities` has shape"
+    " (N, 10); `probabilities.argmax(axis=1)` are the predicted digits. The archive is compiled with"
+    " Keras' sparse cross-entropy (training used label smoothing) and carries no optimizer state."
+    " For TF Serving, `saved_model/` beside it has a `serving_default` signature taking the same"
+    " uint8 (N, 28, 28) images."
 )
 _LIMITATIONS = (
     "- Trained and tested on MNIST only: US Census employees' and high-school students' digits from "
@@ -43,6 +60,7 @@ def render_model_card(
     sections = [
         f"# Model card: {metadata['model']} / {metadata['version']}",
         "## Intended use\n\n" + _INTENDED_USE,
+        "## How to load it\n\n" + _HOW_TO_LOAD,
         "## Data\n\n" + _data_section(metadata, metrics),
         "## Metrics (fixed MNIST test set)\n\n" + _metrics_section(metrics),
         *_trials_section(training),
@@ -110,9 +128,13 @@ def _trial_row(trial: dict[str, Any], won: bool) -> str:
 def _verdict_section(verdict: dict[str, Any] | None) -> str:
     if not verdict:
         return "No gate verdict was recorded for this version."
+    # The card is written once, when the version is published, before a person may approve or
+    # reject it: it states the gate's verdict, and the registry's log what became of it.
     lines = [
-        f"- decision: {'promoted' if verdict.get('promote') else 'not promoted'}"
+        f"- gate: {'allows promotion' if verdict.get('promote') else 'keeps the champion'}"
         + (" (forced, gate bypassed)" if verdict.get("forced") else ""),
+        "- whether this version became the champion (or was approved, rejected, rolled back) is in the"
+        " registry's log: see the version's page",
         f"- reason: {verdict.get('reason')}",
         f"- challenger accuracy: {verdict.get('challenger_accuracy')}",
         f"- champion accuracy: {verdict.get('champion_accuracy')}",

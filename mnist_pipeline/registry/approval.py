@@ -54,8 +54,10 @@ __all__ = [
 
 APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed-out"
 APPROVE_OPTION = "Approve"  # the option of Airflow's approval operator that approves
-# The Model Registry plugin's page of one version (`web.app`, mounted at /model-registry).
-VERSION_PAGE = "/model-registry/versions/{model}/{version}"
+# The Model Registry plugin's page of one version (`web.app`, mounted at /model-registry), framed
+# inside the Airflow UI: its navigation view's route (`web.link.NAV_ROUTE`) followed by the page's
+# own path, as the UI's address reads once the registry is opened from the navigation.
+VERSION_PAGE = "/plugin/mnist-pipeline/model-registry/versions/{model}/{version}"
 
 
 @dataclass(frozen=True)

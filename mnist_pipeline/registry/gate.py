@@ -133,7 +133,8 @@ class Verdict(Record):
     blocked: str | None = None  # why publication stopped a promotion the gate allowed
     rule: str = ""  # the rule that decided: floor, better, not-better, non-inferiority, recall, forced
     slices: list[SliceVerdict] = field(default_factory=list)
-    recall_drops: dict[str, float] = field(default_factory=dict)  # digit -> recall points lost on mnist_test
+    # digit -> recall lost on mnist_test, as a fraction of its images (0.216: 21.6 percentage points)
+    recall_drops: dict[str, float] = field(default_factory=dict)
 
     def overridden(self) -> Verdict:
         """This verdict forced to promote, keeping what the gate said."""

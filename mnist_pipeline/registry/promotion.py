@@ -50,6 +50,7 @@ __all__ = [
     "PromotionOutcome",
     "pick_challenger",
     "promote",
+    "why_not_promoted",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,13 @@ def promote(
         log.info(
             "run %s already decided on %s (commit %d): %s", run_id, event.model, decided, event.verdict.reason
         )
-        _record_outcome(artifacts, run_id, event, evaluations)  # what a killed try may not have written
+        # What a killed try may not have written.
+        _record_outcome(artifacts, run_id, event, evaluations, why_not_promoted(event, options))
         return PromotionOutcome.of(event, noop=True)
     data = read_snapshot(artifacts, challenger.data_hash)
     ctx = _Context(registry, artifacts, challenger, data, run_id, options)
     event = _decide(ctx, state)
-    _record_outcome(artifacts, run_id, event, evaluations)
+    _record_outcome(artifacts, run_id, event, evaluations, why_not_promoted(event, options))
     log.info("promotion of %s: %s", challenger.model, event.verdict.reason)
     return PromotionOutcome.of(event)
 
@@ -234,11 +236,44 @@ def _candidate_pointer(ctx: _Context, pending: HistoryEvent) -> tuple[str, Champ
 
 
 def _record_outcome(
-    artifacts: Storage, run_id: str, event: HistoryEvent, evaluations: list[EvaluationRecord]
+    artifacts: Storage,
+    run_id: str,
+    event: HistoryEvent,
+    evaluations: list[EvaluationRecord],
+    why_not: str | None,
 ) -> None:
-    """The run's promotion.json: derived from its decision, rewritten by a retry."""
+    """The run's promotion.json: derived from its decision, rewritten by a retry. Beside the event's
+    fields: `candidates` (every evaluated model) and `why_not_promoted` (None when a version was
+    promoted or awaits approval), which the summary and the run's page show."""
     candidates = [evaluation.to_dict() for evaluation in sorted(evaluations, key=lambda e: -e.accuracy)]
-    artifacts.write_json(f"{run_key(run_id)}/promotion.json", event.to_dict() | {"candidates": candidates})
+    extra = {"candidates": candidates, "why_not_promoted": why_not}
+    artifacts.write_json(f"{run_key(run_id)}/promotion.json", event.to_dict() | extra)
+
+
+def why_not_promoted(event: HistoryEvent, options: PromotionOptions) -> str | None:
+    """Why the run's decision moved nothing, in words a user acts on; None when it promoted a
+    version or published one for approval. Says so when approval was required but never asked:
+    a person is asked only about a promotion the gate allows."""
+    if event.promoted or event.approval == APPROVAL_PENDING:
+        return None
+    verdict = event.verdict
+    if event.dry_run:
+        would = "promoted" if verdict.promote else "kept the champion"
+        return f"a dry run writes nothing to the registry; the gate would have {would} ({verdict.reason})"
+    if verdict.blocked:
+        why = f"the gate allowed {event.model}, but publishing it failed: {verdict.blocked}"
+    elif verdict.rule == "floor":
+        accuracy = f"{verdict.challenger_accuracy:.4f}" if verdict.challenger_accuracy is not None else "?"
+        why = (
+            f"there is no champion yet, and the run's best model, {event.model}, scored {accuracy} on the"
+            f" fixed test set, below the {options.gate.floor:.2f} a first champion must reach. Train on"
+            " more images (max_train_images 0: all of them) or for more epochs, or set force_promote"
+        )
+    else:
+        why = f"the champion stays: {verdict.reason}"
+    if options.approval:
+        why += "; approval was required but not asked for: it is asked only when the gate allows a promotion"
+    return why
 
 
 def _slices(ctx: _Context, champion: ChampionPointer | None) -> list[Slice]:

@@ -190,6 +190,9 @@ class VersionEntry(Record):
     loss: float | None = None
     trained_at: str | None = None
     promoted_by: Promoter | None = None
+    # Where a person's sign-off stands: pending (the candidate), approved, rejected or timed-out;
+    # None where none was asked for.
+    approval: str | None = None
 
     @classmethod
     def of(cls, model: str, version: str, metadata: dict[str, Any]) -> VersionEntry:

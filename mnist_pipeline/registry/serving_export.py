@@ -14,6 +14,8 @@ before anything is written) into the next number, and records which version that
   number: the server must switch back to it.
 - A release that is no longer the champion (a later one superseded it) is not exported: the
   server would switch to a model that no longer serves.
+- Without a release (a run started by hand or by the clock), the current champion is exported;
+  with no champion yet there is nothing to export (`NoChampionError`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mnist_pipeline.storage import CAS_ATTEMPTS, Storage
 __all__ = [
     "SERVING_ROOT",
     "ExportOutcome",
+    "NoChampionError",
     "ServingExport",
     "export_release",
     "export_version",
@@ -44,6 +47,10 @@ SERVING_ROOT = "serving/mnist"  # TF Serving's model base path, under the regist
 _SAVED_MODEL = "saved_model/"
 _GRAPH = "saved_model.pb"  # written last: its presence means the folder is complete
 _NUMBERED = re.compile(rf"^{SERVING_ROOT}/(\d+)(?:/|\.json$)")
+
+
+class NoChampionError(RegistryError):
+    """No release to export and no champion yet: nothing to serve, not a fault."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def export_release(registry: Registry, release: Release | None) -> ExportOutcome
     champion = registry.champion()
     if release is None:
         if champion is None:
-            raise RegistryError("nothing to export: no mnist_champion event and no champion yet")
+            raise NoChampionError("nothing to export: no mnist_champion event and no champion yet")
         release = Release.of(champion)
     ref = VersionRef(release.model, release.version)
     if release.uri != registry.uri(ref):

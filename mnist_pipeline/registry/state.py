@@ -10,7 +10,7 @@ falls back on the log instead of trusting it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 CHAMPION = "champion"
-STATE_FORMAT = 1
+# 2: versions remember where their approval stands; an older state is rebuilt from the log.
+STATE_FORMAT = 2
 RECENT_EVENTS = 64  # the newest events, kept in the state: what shards may still lack (`views`)
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -174,10 +175,12 @@ class RegistryState:
         self.months.setdefault(indexed.month, []).append(indexed.name)
         self.months[indexed.month].sort()
         event = indexed.event
+        ref = (event.model, event.version or "")
+        if event.alias is None and event.approval and ref in self.versions:
+            self.versions[ref] = replace(self.versions[ref], approval=event.approval)
         if event.alias is not None:
             self.alias_events.setdefault(event.alias, []).append(indexed.name)
-        elif event.promoted and event.version and (event.model, event.version) in self.versions:
-            ref = (event.model, event.version)
+        elif event.promoted and ref in self.versions:
             self.versions[ref] = self.versions[ref].credited(
                 Promoter(indexed.name, event.kind, event.verdict.reason)
             )

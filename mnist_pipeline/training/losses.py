@@ -1,8 +1,10 @@
 """The training loss. This module imports Keras at the top: import it only inside task code.
 
 Keras' sparse cross-entropy has no label smoothing, and its categorical one wants one-hot labels;
-this loss takes the datasets' integer labels as they are. It is registered, so a `.keras` archive
-compiled with it loads (in safe mode too) wherever this module has been imported.
+this loss takes the datasets' integer labels as they are. It is for training only: archives are
+saved naming Keras' own sparse cross-entropy in its place (`model_io.model_to_bytes`), so that plain
+Keras loads them. It stays registered, so archives published before that, which name it, still load
+(in safe mode too) through the library's loader, which imports this module.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 def training_loss(label_smoothing: float) -> Any:
-    """Keras' own sparse cross-entropy without smoothing (archives stay loadable anywhere);
-    the smoothed one otherwise."""
+    """Keras' own sparse cross-entropy without smoothing; the smoothed one otherwise (which saved
+    archives replace with Keras' own: see `model_io`)."""
     if not label_smoothing:
         return "sparse_categorical_crossentropy"
     return SmoothedSparseCrossentropy(label_smoothing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.errors import RegistryError
 
@@ -18,31 +18,46 @@ __all__ = ["export_saved_model", "load_model_bytes", "model_to_bytes"]
 def model_to_bytes(model: keras.Model) -> bytes:
     """A `.keras` archive of `model`'s architecture, weights and compile settings, without its
     optimizer's state: Adam's moments and the averaged weights are training state, twice to three
-    times the weights' size, and evaluation, serving and warm starts read only the weights."""
+    times the weights' size, and evaluation, serving and warm starts read only the weights.
+
+    The archive names only Keras' own classes, so plain `keras.models.load_model(path)` loads it
+    in a process that never imported this library (see `_portable_copy`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
-        _without_optimizer_state(model).save(path)
+        _portable_copy(model).save(path)
         return path.read_bytes()
 
 
-def _without_optimizer_state(model: keras.Model) -> keras.Model:
-    """A copy of a compiled `model` with its weights, compiled as it was with a fresh optimizer
-    (one that has not built its variables); an uncompiled `model` itself."""
+def _portable_copy(model: keras.Model) -> keras.Model:
+    """A copy of a compiled `model` with its weights, compiled as it was but with a fresh optimizer
+    (one that has not built its variables) and Keras' own loss in place of the library's smoothed
+    one; an uncompiled `model` itself. The smoothed loss is for training only: an archive naming it
+    would load only where this library is imported ("Could not locate class ...")."""
     import keras
 
     if not model.compiled:
         return model
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    copy.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
+    settings = keras.saving.deserialize_keras_object(model.get_compile_config())
+    copy.compile(**(settings | {"loss": _standard_loss(settings.get("loss"))}))
     return copy
+
+
+def _standard_loss(loss: Any) -> Any:
+    """Keras' sparse cross-entropy for the library's smoothed one (the same loss at smoothing 0);
+    any other loss as it is."""
+    from mnist_pipeline.training.losses import SmoothedSparseCrossentropy
+
+    return "sparse_categorical_crossentropy" if isinstance(loss, SmoothedSparseCrossentropy) else loss
 
 
 def load_model_bytes(data: bytes) -> keras.Model:
     """Load a `.keras` archive with `safe_mode=True`: no arbitrary code (lambdas) is deserialised."""
     import keras
 
-    import mnist_pipeline.training.losses  # noqa: F401 - registers the loss a model may be compiled with
+    # Registers the smoothed loss, which archives published before `_portable_copy` name.
+    import mnist_pipeline.training.losses  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import reprlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.errors import ConfigError
@@ -54,6 +55,9 @@ _BOUNDS: dict[str, dict[str, float]] = {
     "filters": {"minimum": 1, "maximum": 1024},  # each convolution's filters
     "convs_per_block": {"minimum": 1, "maximum": 8},
 }
+_SHORT = reprlib.Repr()  # a value quoted in a refusal: a few items and characters of it
+_SHORT.maxlist = _SHORT.maxdict = 4
+_SHORT.maxstring = _SHORT.maxother = 40
 _TYPE_BOUNDS: dict[type, dict[str, float]] = {
     int: {"minimum": 1, "maximum": 1_000_000},
     float: {"exclusiveMinimum": 0, "maximum": 1_000_000},
@@ -88,32 +92,66 @@ class Trial(Record):
 
 
 def sweep_schema(models: Mapping[str, ModelSpec], limit: int) -> dict[str, Any]:
-    """The JSON schema of the `sweep` parameter: per model, a grid or a list of at most `limit` trials."""
+    """The JSON schema of the `sweep` parameter: per model, a grid or a list of at most `limit` trials.
+
+    Each check is a subschema of its own (one keyword in an `allOf`, the rest reached by `$ref`):
+    Airflow's refusal of a run (trigger form, REST API, `dags test -c`) quotes the subschema that
+    failed, which is then a line rather than the whole schema of every model."""
+    defs: dict[str, Any] = {}
+    for name, spec in models.items():
+        defs.update(_model_defs(name, spec, limit))
     return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {name: _model_schema(spec, limit) for name, spec in models.items()},
+        "type": "object",  # at the top, where the trigger form looks: it shows a JSON editor
+        "allOf": [
+            {"propertyNames": {"enum": list(models)}},
+            {"properties": {name: _ref(name) for name in models}},
+        ],
+        "$defs": defs,
     }
 
 
-def _model_schema(spec: ModelSpec, limit: int) -> dict[str, Any]:
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def _model_defs(model: str, spec: ModelSpec, limit: int) -> dict[str, Any]:
+    """The model's subschemas: its entry (a grid of setting -> values, or a list of trials), and
+    each setting's value and list of values to try."""
     settings = _setting_schemas(spec)
-    grid = {
-        "type": "object",
-        "additionalProperties": False,
-        "minProperties": 1,
-        "properties": {
-            name: {"type": "array", "minItems": 1, "maxItems": limit, "uniqueItems": True, "items": schema}
-            for name, schema in settings.items()
+    names = {"propertyNames": {"enum": list(settings)}}
+    defs: dict[str, Any] = {
+        model: {
+            "type": ["object", "array"],
+            "if": {"type": "object"},
+            "then": _ref(f"{model}.grid"),
+            "else": _ref(f"{model}.trials"),
+        },
+        f"{model}.grid": {
+            "allOf": [
+                {"minProperties": 1},
+                names,
+                {"properties": {s: _ref(f"{model}.{s}.values") for s in settings}},
+            ]
+        },
+        # Not an array at all is refused once, by the entry's own type.
+        f"{model}.trials": {
+            "allOf": [{"minItems": 1}, {"maxItems": limit}, {"items": _ref(f"{model}.trial")}]
+        },
+        f"{model}.trial": {
+            "allOf": [{"type": "object"}, names, {"properties": {s: _ref(f"{model}.{s}") for s in settings}}]
         },
     }
-    listed = {
-        "type": "array",
-        "minItems": 1,
-        "maxItems": limit,
-        "items": {"type": "object", "additionalProperties": False, "properties": settings},
-    }
-    return {"type": ["object", "array"], "if": {"type": "object"}, "then": grid, "else": listed}
+    for setting, schema in settings.items():
+        defs[f"{model}.{setting}"] = schema
+        defs[f"{model}.{setting}.values"] = _array_of(
+            _ref(f"{model}.{setting}"), limit, {"uniqueItems": True}
+        )
+    return defs
+
+
+def _array_of(items: dict[str, Any], most: int, *more: dict[str, Any]) -> dict[str, Any]:
+    """An array of 1 to `most` `items`, each check its own subschema."""
+    return {"allOf": [{"type": "array"}, {"minItems": 1}, {"maxItems": most}, *more, {"items": items}]}
 
 
 def _setting_schemas(spec: ModelSpec) -> dict[str, dict[str, Any]]:
@@ -123,19 +161,20 @@ def _setting_schemas(spec: ModelSpec) -> dict[str, dict[str, Any]]:
 
 
 def _value_schema(name: str, hint: Any) -> dict[str, Any]:
+    if hint is bool:
+        return {"type": "boolean"}
     if hint in (int, float):
         kind = "integer" if hint is int else "number"
         return {"type": kind, **_BOUNDS.get(name, _TYPE_BOUNDS[hint])}
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
-        per_layer = _value_schema(name, item)
-        return {"type": "array", "minItems": 1, "maxItems": _MAX_LAYERS, "items": per_layer}
+        return _array_of(_value_schema(name, item), _MAX_LAYERS)
     raise ConfigError(f"model setting {name!r} is of a type a sweep cannot try: {hint}")
 
 
 def expand_sweep(sweep: Mapping[str, Any] | None, model: str, limit: int) -> list[Trial]:
     """The trials of `model` in `sweep`: one, unswept, when the sweep does not name it. A bad sweep
-    raises `ConfigError` naming the field (`sweep.cnn.dropout[1]: ...`)."""
+    raises `ConfigError` with a line per wrong field (`sweep.cnn.dropout[1]: ...`)."""
     sweep = {} if sweep is None else sweep
     _validate(sweep, limit)
     entry = sweep.get(model)
@@ -160,16 +199,30 @@ def check_sweep(sweep: Mapping[str, Any] | None, limit: int) -> dict[str, list[T
 
 
 def _validate(sweep: object, limit: int) -> None:
+    """Refuse a sweep the schema refuses: one line per wrong field, naming it and saying why."""
     validator = Draft202012Validator(sweep_schema(MODELS, limit))
-    error = best_match(validator.iter_errors(sweep))
-    if error is not None:
-        path = list(error.absolute_path)
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
-        message = error.message
-        if error.validator == "maxItems" and len(path) <= 2:  # a model's trials, or a grid's values
-            what = "trials" if len(path) == 1 else "values"
-            message = f"{len(error.instance)} {what}, more than the limit of {limit} ({_LIMIT_VARIABLE})"
-        raise ConfigError(f"sweep{where}: {message}")
+    by_field: dict[str, list[ValidationError]] = {}
+    for error in validator.iter_errors(sweep):
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+        by_field.setdefault(f"sweep{where}", []).append(error)
+    if by_field:
+        lines = [
+            f"{where}: {_reason(best_match(errors), limit)}" for where, errors in sorted(by_field.items())
+        ]
+        raise ConfigError("\n".join(lines))
+
+
+def _reason(error: ValidationError, limit: int) -> str:
+    """jsonschema's message, with the offending value shortened (a whole grid is no reason), or
+    the trial limit for a list of trials or of a setting's values that is too long."""
+    depth = len(error.absolute_path)
+    if error.validator == "maxItems" and depth <= 2:  # a model's trials, or a grid's values
+        what = "trials" if depth == 1 else "values"
+        return f"{len(error.instance)} {what}, more than the limit of {limit} ({_LIMIT_VARIABLE})"
+    full = repr(error.instance)
+    if error.message.startswith(full):
+        return _SHORT.repr(error.instance) + error.message[len(full) :]
+    return error.message
 
 
 def _grid(entry: Mapping[str, list[Any]]) -> list[dict[str, Any]]:

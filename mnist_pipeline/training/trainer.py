@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "cpuinfo_field",
     "fit_batch_to_data",
     "make_strategy",
+    "onednn_may_use_bfloat16",
     "resolve_model_config",
     "resolve_precision",
     "train_model",
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 # /proc/cpuinfo flags of the instructions oneDNN multiplies bfloat16 with.
 BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) from AVX512_CORE_BF16 on; AVX2, AVX512_CORE and
+# AVX512_CORE_VNNI have no bfloat16 dot products.
+BFLOAT16_ISA_PREFIXES = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
 
 
 def make_strategy() -> tf.distribute.Strategy:
@@ -74,12 +79,25 @@ def resolve_precision(requested: str, model_config: ModelConfig | None = None) -
     return "mixed_bfloat16" if wanted and cpu_multiplies_bfloat16() else "float32"
 
 
-def cpu_multiplies_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+def cpu_multiplies_bfloat16(
+    cpuinfo: Path = Path("/proc/cpuinfo"), env: Mapping[str, str] | None = None
+) -> bool:
     """Whether the CPU multiplies bfloat16 in hardware: AMX-BF16 tiles (Intel Sapphire Rapids and
     later) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake), on which oneDNN
     runs the convolutions and dense layers faster than in float32. Elsewhere bfloat16 is
-    emulated, and slower."""
-    return not BFLOAT16_CPU_FLAGS.isdisjoint(cpu_flags(cpuinfo))
+    emulated, and slower: so it is where oneDNN is off or limited to an older instruction set
+    (`TF_ENABLE_ONEDNN_OPTS=0`, `ONEDNN_MAX_CPU_ISA=AVX2`), which TensorFlow reads from `env`."""
+    return not BFLOAT16_CPU_FLAGS.isdisjoint(cpu_flags(cpuinfo)) and onednn_may_use_bfloat16(env)
+
+
+def onednn_may_use_bfloat16(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment lets oneDNN use the CPU's bfloat16 instructions: it is not turned
+    off, and its ISA limit, if any, names a bfloat16-capable set (AVX512_CORE_BF16 or later)."""
+    env = os.environ if env is None else env
+    if env.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
+        return False
+    limit = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return limit in ("", "ALL", "DEFAULT") or limit.startswith(BFLOAT16_ISA_PREFIXES)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -214,7 +232,7 @@ def train_model(
     with tempfile.TemporaryDirectory(prefix="mnist-backup-") as backup_dir:
         resumed = _resume_callbacks(checkpoint, Path(backup_dir), callbacks)
         history = model.fit(
-            make_train_dataset(*train_data, global_batch, train_config.seed),
+            make_train_dataset(*train_data, global_batch, train_config.seed, model_config.augmentation),
             validation_data=make_eval_dataset(*val_data, global_batch),
             epochs=model_config.epochs,
             shuffle=False,  # the dataset reshuffles itself every epoch, seeded

@@ -4,10 +4,12 @@ It shows the champion, a chart of the gate decisions' test accuracy over time (`
 alias and the version it points at (`registry.aliases`), every published version with its metrics,
 gate verdict and alias badges, the promotion history a page at a time (newest first), and each
 version's report figures, model card and comparison with the champion, read through
-`Registry` at `MNIST_REGISTRY_URI` on every request (the registry is the truth; nothing is
-cached). Versions, aliases and the newest history come from the registry's state (`registry.state`,
-kept current from its commit log), older history from one shard a month, so a page costs a handful
-of storage calls however many versions and events the registry holds.
+`Registry` at `MNIST_REGISTRY_URI` (the registry is the truth). The overview is rendered once per
+head of the registry's log (`web.page_cache`): a request probes for a newer commit, and a browser
+that holds the page's ETag gets 304 Not Modified. Versions, aliases and the newest history come
+from the registry's state (`registry.state`, kept current from its commit log), older history from
+one shard a month, so a page costs a handful of storage calls however many versions and events the
+registry holds.
 
 Every route sits behind Airflow's own authentication: the dependency Airflow's REST API uses
 (`requires_access_view`), which reads the JWT from the `Authorization` header or the `_token`
@@ -16,11 +18,19 @@ cookie the Airflow UI sets at login. A browser without a session is sent to Airf
 A registry that cannot be read (a bucket that does not exist, an unreachable emulator, a
 storage call that outlives `MNIST_REGISTRY_PAGE_TIMEOUT` seconds) answers 503 with the reason,
 never a stack trace; the traceback goes to the api-server's log.
+
+The overview also shows what the incoming runs did with new labelled data (`load_incoming`): how
+many entries were accepted, set aside and quarantined, by reason, and the newest of those set
+aside or quarantined with their reasons, from one summary object in the artifacts store
+(`MNIST_ARTIFACTS_URI`); an artifacts store that cannot be read says so there, not with a 503.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import threading
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -29,27 +39,35 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from mnist_pipeline.config import settings
+from mnist_pipeline.data.incoming_summary import read_summary
 from mnist_pipeline.errors import MnistPipelineError, RegistryError
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE
 from mnist_pipeline.evaluation.reports import REPORT_DIR
 from mnist_pipeline.registry.aliases import CHAMPION
 from mnist_pipeline.registry.client import DEFAULT_PAGE_SIZE, Registry
 from mnist_pipeline.registry.gate import Verdict
+from mnist_pipeline.registry.history import since_name
+from mnist_pipeline.registry.promotion import APPROVAL_PENDING
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionEntry
-from mnist_pipeline.registry.state import RegistryState
+from mnist_pipeline.registry.state import RegistryState, parse_event_name
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import open_storage
 from mnist_pipeline.web.charts import accuracy_chart
 from mnist_pipeline.web.comparison import compare_with_champion
-from mnist_pipeline.web.runs import RunDecision, RunDecisionMissingError, load_run_decision
+from mnist_pipeline.web.page_cache import PageCache, etag_of
+from mnist_pipeline.web.runs import RunDecision, RunDecisionMissingError, load_run_decision, with_answer
 from mnist_pipeline.web.templates import render
 
 __all__ = [
     "URL_PREFIX",
+    "HistoryCursorError",
     "RegistryUnavailableError",
     "VersionNotFoundError",
     "airflow_access",
+    "cached_overview",
     "create_app",
+    "history_cursor",
+    "load_incoming",
     "load_overview",
     "load_run",
     "load_version",
@@ -73,6 +91,17 @@ _NO_VERDICT = Verdict(False, "no promoting decision recorded")
 # History shards one overview reads at most: with monthly shards, a page of 50 events needs one or
 # two; a sparse history shows fewer and links to the rest.
 _OVERVIEW_SHARDS = 6
+_INCOMING_SHOWN = 50  # newest set-aside and quarantined entries listed on the overview
+_EVENT_NAME = re.compile(r"\d{8}T\d{12}Z-\d{12}-\d+")  # a page's `older` cursor, after its newest page
+_MONTH = re.compile(r"\d{6}")  # the cursor of a page cut short at a month's shard
+_PAGES = PageCache()
+_OPENED: dict[tuple[str, str], Registry] = {}
+_OPENING = threading.Lock()
+_REGISTRIES_KEPT = 16
+
+
+class HistoryCursorError(MnistPipelineError):
+    """A `before` that names no page of history: the overview answers 400 with this message."""
 
 
 class RegistryUnavailableError(MnistPipelineError):
@@ -84,13 +113,76 @@ class VersionNotFoundError(RegistryError):
 
 
 def open_registry() -> Registry:
-    """Read at every request, so the page follows `MNIST_REGISTRY_URI` without a restart."""
-    return Registry(open_storage(settings().registry_uri))
+    """Read at every request, so the page follows `MNIST_REGISTRY_URI` without a restart; the
+    client of each registry (and storage emulator) is opened once, as opening a GCS client costs
+    more than the one probe a cached page makes."""
+    key = (settings().registry_uri, os.environ.get("STORAGE_EMULATOR_HOST", ""))
+    with _OPENING:
+        if key not in _OPENED:
+            if len(_OPENED) >= _REGISTRIES_KEPT:
+                _OPENED.clear()
+            _OPENED[key] = Registry(open_storage(key[0]))
+        return _OPENED[key]
 
 
 def load_run(dag_id: str, run_id: str) -> RunDecision:
-    """The promotion decision `run_id` recorded in the artifacts store (`MNIST_ARTIFACTS_URI`)."""
-    return load_run_decision(open_storage(settings().artifacts_uri), dag_id, run_id)
+    """The promotion decision `run_id` recorded in the artifacts store (`MNIST_ARTIFACTS_URI`), with
+    the registry's answer when it waited for a person."""
+    decision = load_run_decision(open_storage(settings().artifacts_uri), dag_id, run_id)
+    return with_answer(decision, open_registry())
+
+
+def history_cursor(before: str | None) -> str | None:
+    """The history page `before` asks for: none (empty: the newest page), a page's `older` cursor,
+    or an ISO 8601 time (the events before it); anything else is a `HistoryCursorError`."""
+    if not before:
+        return None
+    if _EVENT_NAME.fullmatch(before) or _MONTH.fullmatch(before):
+        return before
+    try:
+        return since_name(before)
+    except RegistryError:
+        raise HistoryCursorError(
+            f"before={before!r} names no page of history: expected an 'older events' link's cursor "
+            "(such as 20260131T120000123456Z-000000000042-0, or a month as 202601) or an ISO 8601 "
+            "time such as 2026-01-31T12:00:00Z"
+        ) from None
+
+
+def cached_overview(
+    link: Callable[[VersionRef], str], home: str, before: str | None, if_none_match: str = ""
+) -> tuple[str, str | None]:
+    """The overview's ETag and page (None when `if_none_match` holds that ETag already): rendered
+    once per head of the registry's log, history cursor, mount path and incoming summary."""
+    registry = open_registry()
+    state = _PAGES.state(registry)
+    incoming = load_incoming()
+    key = (registry.storage.root_uri, state.number, home, before, incoming.get("updated"), incoming["error"])
+    etag = etag_of(key)
+    if etag in (tag.strip() for tag in if_none_match.split(",")):
+        return etag, None
+
+    def draw() -> str:
+        return render("overview", **load_overview(registry, link, before, state) | {"incoming": incoming})
+
+    return etag, _PAGES.page(key, draw)
+
+
+def load_incoming() -> dict[str, Any]:
+    """What the overview shows of the incoming runs: counts by outcome and by reason, and the newest
+    entries set aside or quarantined. One read of the artifacts store's summary."""
+    try:
+        summary = read_summary(open_storage(settings().artifacts_uri))
+    except Exception as exc:  # the page is the registry's: an unreadable summary must not take it down
+        log.exception("model registry page: the incoming summary could not be read")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "error": None,
+        "counts": summary["counts"],
+        "categories": sorted(summary["categories"].items(), key=lambda item: (-item[1], item[0])),
+        "recent": summary["recent"][:_INCOMING_SHOWN],
+        "updated": summary["updated"],
+    }
 
 
 def run_context(decision: RunDecision, link: Callable[[VersionRef], str]) -> dict[str, Any]:
@@ -101,8 +193,10 @@ def run_context(decision: RunDecision, link: Callable[[VersionRef], str]) -> dic
         "outcome": decision.outcome,
         "event": event.to_dict(),
         "reason": event.reason,
+        "why_not_promoted": decision.why_not_promoted,
         "slices": [piece.to_dict() for piece in event.verdict.slices],
-        "recall_drops": sorted(event.verdict.recall_drops.items()),
+        # Stored as a fraction of the digit's images; shown in percentage points, as the gate words it.
+        "recall_drops": [(digit, drop * 100) for digit, drop in sorted(event.verdict.recall_drops.items())],
         "candidates": [_candidate_row(row) for row in decision.candidates],
         "champion_link": link(VersionRef(previous.model, previous.version)) if previous else None,
     }
@@ -114,11 +208,14 @@ def _candidate_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_overview(
-    registry: Registry, link: Callable[[VersionRef], str], before: str | None = None
+    registry: Registry,
+    link: Callable[[VersionRef], str],
+    before: str | None = None,
+    state: RegistryState | None = None,
 ) -> dict[str, Any]:
     """Champion, aliases, versions (newest first) and a page of history (newest first, older than
-    `before`), as the overview shows them."""
-    state = registry.state()  # one state for every part of the page: they agree with each other
+    `before`), as the overview shows them, as of `state` (by default the newest)."""
+    state = state or registry.state()  # one state for every part of the page: they agree
     aliases = registry.aliases(state)
     champion = aliases.get(CHAMPION)
     champion_ref = _ref_of(champion)
@@ -126,6 +223,7 @@ def load_overview(
     page = registry.history_page(DEFAULT_PAGE_SIZE, before=before, max_shards=_OVERVIEW_SHARDS, state=state)
     badges = _alias_badges(aliases)
     rows = [_version_row(entry, champion_ref, badges, link) for entry in entries]
+    answers = _answers(registry, state, page.events)
     rows.sort(key=lambda row: row["version"], reverse=True)  # version names start with their time
     shown = champion.to_dict() | {"link": link(champion_ref)} if champion and champion_ref else None
     return {
@@ -133,8 +231,9 @@ def load_overview(
         "champion": shown,
         "aliases": [_alias_row(alias, pointer, link) for alias, pointer in aliases.items()],
         "versions": rows,
-        "history": [_history_row(event) for event in page.events],
-        "accuracy_chart": accuracy_chart(page.events),  # drawn from the page just read: no storage call
+        "history": [_history_row(event, answers) for event in page.events],
+        # Drawn from the page just read, with the answers to its pending decisions.
+        "accuracy_chart": accuracy_chart(page.events, {key: str(e.approval) for key, e in answers.items()}),
         "history_before": before,
         "older_history": page.older,
     }
@@ -159,7 +258,8 @@ def load_version(
     ]
     card = registry.verified_file(ref, MODEL_CARD_FILE).decode() if MODEL_CARD_FILE in files else None
     promoting = _promoting_event(registry, ref, state)
-    verdict = promoting.verdict if promoting else _NO_VERDICT
+    entry = state.versions.get((ref.model, ref.version))
+    verdict = promoting.verdict if promoting else Verdict(False, _unpromoted(entry)) if entry else _NO_VERDICT
     champion = registry.champion(state)
     return {
         "model": ref.model,
@@ -170,6 +270,7 @@ def load_version(
         "slices": [piece.to_dict() for piece in verdict.slices],
         "data_flags": metadata.get("data_flags", []),
         "is_champion": _ref_of(champion) == ref,
+        "approval": entry.approval if entry else None,
         "comparison": compare_with_champion(
             registry, (ref, metadata), champion, promoting, version_link or _sibling_link
         ),
@@ -209,11 +310,21 @@ def _version_row(
         "loss": entry.loss,
         "trained_at": entry.trained_at,
         # The reason of the decision that promoted it: the gate's, before any manual one.
-        "verdict": entry.promoted_by.reason if entry.promoted_by else _NO_VERDICT.reason,
+        "verdict": entry.promoted_by.reason if entry.promoted_by else _unpromoted(entry),
+        "approval": entry.approval,
         "is_champion": ref == champion,
         "aliases": badges.get(ref, []),
         "link": link(ref),
     }
+
+
+def _unpromoted(entry: VersionEntry) -> str:
+    """Why a published version was never promoted, as far as the log says."""
+    return {
+        APPROVAL_PENDING: "waiting for approval: not promoted yet",
+        "rejected": "rejected by a person: not promoted",
+        "timed-out": "approval timed out: not promoted",
+    }.get(entry.approval or "", _NO_VERDICT.reason)
 
 
 def _alias_badges(aliases: dict[str, ChampionPointer]) -> dict[VersionRef, list[str]]:
@@ -253,8 +364,54 @@ def _sibling_link(ref: VersionRef) -> str:
     return f"../{ref.model}/{ref.version}"
 
 
-def _history_row(event: HistoryEvent) -> dict[str, Any]:
-    return event.to_dict() | {"accuracy": (event.metrics or {}).get("accuracy"), "reason": event.reason}
+def _history_row(event: HistoryEvent, answers: dict[tuple[str, str], HistoryEvent]) -> dict[str, Any]:
+    status, css = _event_status(event, answers.get((event.run_id or "", event.model)))
+    accuracy = (event.metrics or {}).get("accuracy")
+    shown = {"accuracy": accuracy, "reason": event.reason, "status": status, "status_class": css}
+    return event.to_dict() | shown
+
+
+def _event_status(event: HistoryEvent, answer: HistoryEvent | None) -> tuple[str, str]:
+    """What the event came to, as the history's "promoted" column says it, and its style: a
+    decision that asked a person is neither promoted nor kept until the answer says so."""
+    if event.kind == "approval":
+        return _answer_status(event)
+    if event.approval == APPROVAL_PENDING and not event.dry_run:
+        if answer is None:
+            return "waiting for approval", "pending"
+        said, css = _answer_status(answer)
+        return f"asked for approval: {said}", css
+    return ("yes", "yes") if event.promoted else ("no", "no")
+
+
+def _answer_status(answer: HistoryEvent) -> tuple[str, str]:
+    who = answer.approver or "nobody"
+    if answer.approval == "approved":
+        return f"yes: approved by {who}", "yes"
+    if answer.approval == "timed-out":
+        return "no: approval timed out", "no"
+    return f"no: rejected by {who}", "no"
+
+
+def _answers(
+    registry: Registry, state: RegistryState, events: list[HistoryEvent]
+) -> dict[tuple[str, str], HistoryEvent]:
+    """The answer to each pending decision among `events`, by run and model: from `events` or the
+    state's newest events when they hold it, else from its commit (one read each)."""
+    recent = {parse_event_name(i.name)[0]: i.event for i in state.recent}
+    found = {(e.run_id or "", e.model): e for e in events if e.kind == "approval"}
+    for event in events:
+        key = (event.run_id or "", event.model)
+        if event.approval != APPROVAL_PENDING or not event.run_id or key in found:
+            continue
+        number = state.answer_of(event.run_id, event.model)
+        answer = recent.get(number) if number else None
+        if number and answer is None:
+            commit = registry.read_commit(number)
+            answer = commit.event if commit else None
+        if answer is not None:
+            found[key] = answer
+    return found
 
 
 def _ref_of(pointer: ChampionPointer | None) -> VersionRef | None:
@@ -316,19 +473,22 @@ def create_app(access: Callable[..., Any] | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(MnistPipelineError, _registry_error)
     _add_routes(app)
+    _add_headers(app)
     return app
 
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse, name="overview")
-    async def overview(request: Request, before: str | None = None) -> HTMLResponse:
+    async def overview(request: Request, before: str | None = None) -> Response:
         """`before`: the history page's `older` cursor, for events older than those shown."""
-
-        def link(ref: VersionRef) -> str:
-            return request.url_for("version_page", model=ref.model, version=ref.version).path
-
-        context = await _off_the_loop(lambda: load_overview(open_registry(), link, before))
-        return HTMLResponse(render("overview", **context))
+        cursor, home = history_cursor(before), request.url_for("overview").path
+        asked = request.headers.get("if-none-match", "")
+        etag, html = await _off_the_loop(lambda: cached_overview(_links(request), home, cursor, asked))
+        # Always revalidated: the page is current only until the next commit.
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if html is None:
+            return Response(status_code=304, headers=headers)
+        return HTMLResponse(html, headers=headers)
 
     @app.get("/versions/{model}/{version}", response_class=HTMLResponse, name="version_page")
     async def version_page(request: Request, model: str, version: str) -> HTMLResponse:
@@ -353,7 +513,7 @@ def _add_routes(app: FastAPI) -> None:
         def link(ref: VersionRef) -> str:
             return request.url_for("version_page", model=ref.model, version=ref.version).path
 
-        context = run_context(decision, link) | {"dag_id": dag_id}
+        context = run_context(decision, link) | {"dag_id": dag_id, "approval": decision.approval}
         context["overview_link"] = request.url_for("overview").path
         return HTMLResponse(render("run", **context))
 
@@ -363,6 +523,15 @@ def _add_routes(app: FastAPI) -> None:
         data, media_type = await _off_the_loop(lambda: read_version_file(open_registry(), ref, name))
         # A published version never changes: its files may be cached for good.
         return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=31536000"})
+
+
+def _add_headers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def no_sniffing(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        # A model card is Markdown from run parameters: never let a browser guess it is HTML.
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 def _links(request: Request) -> Callable[[VersionRef], str]:
@@ -398,12 +567,28 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 401 and _wants_html(request):  # no session: Airflow's login, then back here
         from airflow.api_fastapi.app import get_auth_manager
 
-        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+        # The path, never the Host header's origin: a forged Host must not become where login leads.
+        back = "/" + request.url.path.lstrip("/") + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=back), status_code=303)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
+    message = _without_paths(str(exc))
     if isinstance(exc, VersionNotFoundError | RunDecisionMissingError):
-        return _error_page(request, 404, "Not found", str(exc))
+        return _error_page(request, 404, "Not found", message)
+    if isinstance(exc, HistoryCursorError):
+        return _error_page(request, 400, "Bad request", message)
     log.warning("model registry page: %s", exc)
-    return _error_page(request, 503, "Model registry unavailable", f"model registry unavailable: {exc}")
+    return _error_page(request, 503, "Model registry unavailable", f"model registry unavailable: {message}")
+
+
+def _without_paths(message: str) -> str:
+    """`message` with the server's folders of local stores named by their role: where the server
+    keeps its files is none of the reader's business (the log keeps the full message)."""
+    config = settings()
+    for role, uri in (("<registry>", config.registry_uri), ("<artifacts>", config.artifacts_uri)):
+        if "://" not in uri:
+            folder = str(PurePosixPath(uri))
+            message = message.replace(folder, role)
+    return re.sub(r"(?<![\w.:/])/(?:[\w.@+~-]+/)+[\w.@+~-]*", "<server path>", message)
