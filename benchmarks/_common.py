@@ -126,6 +126,11 @@ def make_probe(x_test: np.ndarray, y_test: np.ndarray, to_input: Any = None) -> 
     return Probe()
 
 
+def ratio_of(part: float | None, whole: float | None) -> float | None:
+    """part / whole; None where either is unknown (a target never reached)."""
+    return part / whole if part is not None and whole else None
+
+
 def seconds_to(rows: list[dict[str, float]], target: float) -> float | None:
     """Training seconds until test accuracy first reached `target` (None: never)."""
     return next((row["train_seconds"] for row in rows if row["test_accuracy"] >= target), None)

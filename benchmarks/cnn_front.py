@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import AVX2_PATH, RESULTS, cpu_model, machine, make_probe, mnist_source, seconds_to
+from _common import AVX2_PATH, RESULTS, cpu_model, machine, make_probe, mnist_source, ratio_of, seconds_to
 
 
 @dataclass(frozen=True)
@@ -221,16 +221,12 @@ def ratios(results: dict[str, dict], chosen: str) -> dict[str, float | None]:
     to_99 = seconds_to_at_pace(ours, 0.99), seconds_to(ref["epochs"], 0.99)
     to_995 = seconds_to_at_pace(ours, 0.995)
     return {
-        "time to 99.0%, ours / reference's time to 99.0%": _divide(to_99[0], to_99[1]),
-        "time to 99.0%, ours / reference's whole run (target <= 0.2)": _divide(
+        "time to 99.0%, ours / reference's time to 99.0%": ratio_of(to_99[0], to_99[1]),
+        "time to 99.0%, ours / reference's whole run (target <= 0.2)": ratio_of(
             to_99[0], ref["train_seconds"]
         ),
-        "time to 99.5%, ours / reference's whole run (target <= 0.5)": _divide(to_995, ref["train_seconds"]),
+        "time to 99.5%, ours / reference's whole run (target <= 0.5)": ratio_of(to_995, ref["train_seconds"]),
     }
-
-
-def _divide(part: float | None, whole: float | None) -> float | None:
-    return part / whole if part is not None and whole else None
 
 
 def print_table(results: dict[str, dict]) -> None:

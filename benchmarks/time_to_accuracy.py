@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import make_probe, mnist_source, seconds_to, write_result
+from _common import make_probe, mnist_source, ratio_of, seconds_to, write_result
 
 TARGETS = (0.990, 0.992, 0.995)
 
@@ -129,17 +129,13 @@ def ratios(summary: dict[str, dict]) -> list[tuple[str, float | None, float]]:
     """The issue's ratios: ours to 99.0% / reference to 99.0%, ours to 99.5% / reference's whole run."""
     ours, ref = summary["ours"], summary["reference"]
     return [
-        ("ours/reference, time to 99.0%", _divide(ours["seconds_to_0.99"], ref["seconds_to_0.99"]), 0.2),
+        ("ours/reference, time to 99.0%", ratio_of(ours["seconds_to_0.99"], ref["seconds_to_0.99"]), 0.2),
         (
             "ours to 99.5% / reference's whole 15-epoch training",
-            _divide(ours["seconds_to_0.995"], ref["total_seconds"]),
+            ratio_of(ours["seconds_to_0.995"], ref["total_seconds"]),
             0.5,
         ),
     ]
-
-
-def _divide(part: float | None, whole: float | None) -> float | None:
-    return part / whole if part is not None and whole else None
 
 
 def _ratio(value: float | None) -> str:
