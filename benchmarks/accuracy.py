@@ -24,17 +24,18 @@ TARGETS = {
 
 
 def main() -> None:
-    from mnist_pipeline.config import TrainConfig
+    from mnist_pipeline.config import PipelineSettings, TrainConfig
     from mnist_pipeline.data.mnist import load_mnist, split_validation
     from mnist_pipeline.evaluation.metrics import evaluate_model
     from mnist_pipeline.training.trainer import train_model
 
     data = load_mnist(mnist_source())
     config = TrainConfig()
+    onednn = PipelineSettings.from_env().onednn_env()  # oneDNN's limits, for precision "auto"
     train, val = split_validation(data.x_train, data.y_train, config.validation_fraction, config.seed)
     rows = []
     for name, (reference, target) in TARGETS.items():
-        result = train_model(name, train, val, config)
+        result = train_model(name, train, val, config, onednn_env=onednn)
         accuracy = evaluate_model(result.model, data.x_test, data.y_test)["accuracy"]
         rows.append(
             {

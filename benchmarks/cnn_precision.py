@@ -67,12 +67,14 @@ def step_seconds(policy: str, data: MnistData, steps: int) -> tuple[list[float],
 
 
 def cpu_report() -> dict[str, object]:
+    from mnist_pipeline.config import PipelineSettings
     from mnist_pipeline.training.architectures import get_model_spec
     from mnist_pipeline.training.trainer import BFLOAT16_CPU_FLAGS, cpu_flags, resolve_precision
 
+    onednn = PipelineSettings.from_env().onednn_env()
     return {
         "bfloat16_flags": sorted(BFLOAT16_CPU_FLAGS & cpu_flags()),
-        "auto_for_cnn": resolve_precision("auto", get_model_spec("cnn").config()),
+        "auto_for_cnn": resolve_precision("auto", get_model_spec("cnn").config(), onednn),
     }
 
 

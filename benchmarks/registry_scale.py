@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' storage helpers
 
 from _common import fake_gcs_server, write_result
 
@@ -58,8 +59,9 @@ from mnist_pipeline.registry.history import list_events
 from mnist_pipeline.registry.records import AliasMove, ChampionPointer, Commit, HistoryEvent, VersionSummary
 from mnist_pipeline.registry.state import CHAMPION, RegistryState
 from mnist_pipeline.registry.store import VersionRef
-from mnist_pipeline.storage import CountingStorage, GcsStorage, Storage, open_storage
+from mnist_pipeline.storage import GcsStorage, Storage, open_storage
 from mnist_pipeline.web.app import load_overview, load_version
+from tests.storage_helpers import CountingStorage
 
 SIZES = (10, 100, 1_000)
 BACKENDS = ("local", "fake-gcs")

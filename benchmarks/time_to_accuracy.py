@@ -72,16 +72,17 @@ def train_ours(epochs: int | None = None) -> dict:
     """The pipeline's CNN with its defaults (or `epochs` planned), through the library's own
     training function. Its returned model can be an earlier epoch's (early stopping restores the
     best), so its accuracy is measured apart from the last epoch's."""
-    from mnist_pipeline.config import TrainConfig
+    from mnist_pipeline.config import PipelineSettings, TrainConfig
     from mnist_pipeline.data.mnist import load_mnist, split_validation
     from mnist_pipeline.evaluation.metrics import evaluate_model
     from mnist_pipeline.training.trainer import train_model
 
     data = load_mnist(mnist_source())
     config = TrainConfig(epochs=epochs)
+    onednn = PipelineSettings.from_env().onednn_env()  # the AVX2 path's limit, for precision "auto"
     train, val = split_validation(data.x_train, data.y_train, config.validation_fraction, config.seed)
     probe = make_probe(data.x_test, data.y_test)
-    result = train_model("cnn", train, val, config, extra_callbacks=[probe])
+    result = train_model("cnn", train, val, config, extra_callbacks=[probe], onednn_env=onednn)
     returned = evaluate_model(result.model, data.x_test, data.y_test)["accuracy"]
     return {"epochs": probe.rows, "returned_accuracy": returned}
 

@@ -24,24 +24,24 @@ from mnist_pipeline.data.incoming import NEW_DATA_ASSET_NAME
 NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
 
 
-def _artifacts() -> Any:  # a Storage; the library is imported inside tasks only
-    from mnist_pipeline.config import settings
+def _artifacts(settings: Any) -> Any:  # a Storage; the library is imported inside tasks only
     from mnist_pipeline.storage import open_storage
 
-    return open_storage(settings().artifacts_uri)
+    return open_storage(settings.artifacts_uri, settings)
 
 
 @task
 def process_shards() -> dict:
     """Claim, check and place every waiting entry; report what went where."""
-    from mnist_pipeline.config import settings
+    from mnist_pipeline.config import PipelineSettings
     from mnist_pipeline.data.incoming import INCOMING, ShardReport
     from mnist_pipeline.steps import process_new_data
 
+    settings = PipelineSettings.from_env()  # once, as the task starts
     # Every entry counts, links and hidden names included: none may wait unreported.
-    if not _artifacts().entries(INCOMING):
+    if not _artifacts(settings).entries(INCOMING):
         return ShardReport().to_dict()
-    return process_new_data(settings(), get_current_context()["run_id"]).to_dict()
+    return process_new_data(settings, get_current_context()["run_id"]).to_dict()
 
 
 @task(outlets=[NEW_LABELLED_DATA])
@@ -49,11 +49,12 @@ def announce(report: dict) -> dict:
     """Emit the asset event, once enough accepted images wait; skip (no event) below that."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mnist_pipeline.config import settings
+    from mnist_pipeline.config import PipelineSettings
     from mnist_pipeline.data.incoming import announce_pending
 
-    threshold = settings().min_new_images
-    announcement = announce_pending(_artifacts(), threshold)
+    settings = PipelineSettings.from_env()  # once, as the task starts
+    threshold = settings.min_new_images
+    announcement = announce_pending(_artifacts(settings), threshold)
     if announcement is None:
         raise AirflowSkipException(f"fewer than {threshold} new accepted images wait; no retraining yet")
     get_current_context()["outlet_events"][NEW_LABELLED_DATA].extra = announcement

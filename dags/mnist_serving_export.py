@@ -40,18 +40,18 @@ def export() -> dict:
     """Export the released version (or, started by the clock or by hand, the current champion)."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from mnist_pipeline.config import settings
+    from mnist_pipeline.config import PipelineSettings
     from mnist_pipeline.errors import RegistryError
     from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.registry.release import release_from_extras
     from mnist_pipeline.registry.serving_export import NoChampionError, export_release
-    from mnist_pipeline.storage import open_storage
 
+    registry = Registry.from_settings(PipelineSettings.from_env())  # settings read once, here
     events = get_current_context()["triggering_asset_events"].get(CHAMPION, [])
     oldest_first = sorted(events, key=lambda event: event.timestamp)  # several merged into one run
     try:
         release = release_from_extras([event.extra for event in oldest_first])
-        outcome = export_release(Registry(open_storage(settings().registry_uri)), release)
+        outcome = export_release(registry, release)
     except NoChampionError as exc:  # the first champion's event will start the export
         raise AirflowSkipException(f"{exc}: the first champion's mnist_champion event exports it") from exc
     except RegistryError as exc:  # a malformed event or a tampered file: a retry fails the same way

@@ -4,8 +4,9 @@
 routed, how long storage and the registry page may take); `TrainConfig` says how one model trains.
 Model architectures have their own configs in `training/architectures.py`.
 
-Nothing else in the package reads `os.environ` for an `MNIST_*` variable: a bad value is refused
-here, with the variable named, before any step runs.
+Each entry point (a CLI command, an Airflow task, the registry page's app) reads the settings once,
+as it starts, and passes them down; nothing below it reads the environment. A bad value is refused
+there, once, with the variable, the value and what is allowed named, before any step runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from mnist_pipeline.errors import ConfigError
 
@@ -78,8 +80,14 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "registry_page_timeout": "MNIST_REGISTRY_PAGE_TIMEOUT",
     "approval": "MNIST_APPROVAL",
     "max_trials": "MNIST_MAX_TRIALS",
-    # google-cloud-storage's own variable; read here too, so storage knows to go anonymous.
+    # google-cloud-storage's own variable; read here too, so storage is pointed at it explicitly.
     "storage_emulator_host": "STORAGE_EMULATOR_HOST",
+    # Keras' own variable; read here too, so the canonical MNIST is cached where Keras keeps it.
+    "keras_home": "KERAS_HOME",
+    # TensorFlow's and oneDNN's own variables; read here too, so precision "auto" knows whether
+    # oneDNN may multiply bfloat16 (`training.trainer.onednn_may_use_bfloat16`).
+    "onednn_opts": "TF_ENABLE_ONEDNN_OPTS",
+    "onednn_max_cpu_isa": "ONEDNN_MAX_CPU_ISA",
 }
 
 
@@ -108,6 +116,9 @@ class PipelineSettings:
     # Trials one model may train in one run (the `sweep` parameter), explicit or a grid's product.
     max_trials: int = 16
     storage_emulator_host: str = ""  # a GCS emulator (fake-gcs-server) instead of Google
+    keras_home: str = ""  # Keras' folder (its datasets/ caches MNIST); empty: ~/.keras
+    onednn_opts: str = "1"  # "0" or "false" turns oneDNN off (the package's import sets "1")
+    onednn_max_cpu_isa: str = ""  # oneDNN's instruction-set limit ("AVX2", ...); empty: none
 
     def __post_init__(self) -> None:
         for name, (check, wanted) in _RULES.items():
@@ -121,7 +132,7 @@ class PipelineSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
         """Every field from its environment variable; unset or empty keeps the default."""
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each as its field's type (`_parsed`)
         for spec in fields(cls):
             variable = ENVIRONMENT_VARIABLES[spec.name]
             raw = env.get(variable)
@@ -129,17 +140,22 @@ class PipelineSettings:
                 values[spec.name] = _parsed(spec.name, variable, raw)
         return cls(**values)
 
+    def onednn_env(self) -> dict[str, str]:
+        """TensorFlow's oneDNN variables as read at start, for `training.trainer`'s precision."""
+        return {"TF_ENABLE_ONEDNN_OPTS": self.onednn_opts, "ONEDNN_MAX_CPU_ISA": self.onednn_max_cpu_isa}
+
     def with_overrides(self, **changes: object) -> PipelineSettings:
         """A copy with the non-empty `changes` applied (run parameters override the environment)."""
         return replace(self, **{key: value for key, value in changes.items() if value not in (None, "")})
 
 
 def settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
-    """The settings of this process, read from the environment now (tests change it between calls)."""
+    """The settings, read from the environment now: for entry points only (a task's body, a CLI
+    command, the web app's creation), which pass them down."""
     return PipelineSettings.from_env(env)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -147,7 +163,7 @@ def _is_positive_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
-def _is_plain_name(value: object) -> bool:
+def _is_plain_name(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(_PLAIN_NAME.match(value))
 
 
@@ -178,8 +194,7 @@ def _parsed(name: str, variable: str, raw: str) -> object:
     except ValueError:
         value = None
     if value is None or not check(value):
-        kind = "an integer" if isinstance(default, int) and value is None else wanted
-        raise ConfigError(f"environment variable {variable} must be {kind}, got {raw!r}")
+        raise ConfigError(f"environment variable {variable} must be {wanted}, got {raw!r}")
     return value
 
 

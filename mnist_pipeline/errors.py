@@ -14,6 +14,7 @@ __all__ = [
     "RegistryError",
     "StorageError",
     "UnknownModelError",
+    "VerificationRefused",
 ]
 
 
@@ -47,3 +48,8 @@ class RegistryError(MnistPipelineError):
 class ConflictError(RegistryError):
     """A registry change was refused because what it was based on moved since (optimistic
     concurrency): the message says what moved, when and by whom. Nothing was written."""
+
+
+class VerificationRefused(MnistPipelineError):
+    """A published version cannot be retrained from its recorded lineage (`mnist-pipeline verify`):
+    its snapshot is gone, say, or the version it was warm-started from. The message says which."""

@@ -32,7 +32,7 @@ from mnist_pipeline.data.snapshot import SnapshotInfo, snapshot_uri
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.store import VersionRef
-from mnist_pipeline.storage import Storage, open_storage
+from mnist_pipeline.storage import Storage
 from mnist_pipeline.training.record import TrainingRecord
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def promoted(
         return
     outputs = []
     if outcome.version and not outcome.dry_run:
-        registry = Registry(open_storage(settings.registry_uri))
+        registry = Registry.from_settings(settings)
         uri = registry.uri(VersionRef(outcome.model, outcome.version))
         outputs.append(LineageDataset(uri, outcome.version, MODEL))
     report([_model(evaluation) for evaluation in evaluations], outputs)

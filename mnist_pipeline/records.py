@@ -13,11 +13,11 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeGuard, TypeVar
 
 from mnist_pipeline.errors import MnistPipelineError, RegistryError
 
-__all__ = ["Record"]
+__all__ = ["Record", "is_json_list", "is_json_object"]
 
 _Hint = Any
 _R = TypeVar("_R", bound="Record")
@@ -53,6 +53,16 @@ class Record:
                 payload[spec.name], hints[spec.name], f"{what}: {spec.name}", error
             )
         return cls(**values)
+
+
+def is_json_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether `value` is a JSON object as `json.loads` gives one (string keys, any values)."""
+    return isinstance(value, dict)
+
+
+def is_json_list(value: object) -> TypeGuard[list[Any]]:
+    """Whether `value` is a JSON array as `json.loads` gives one."""
+    return isinstance(value, list)
 
 
 @functools.cache

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_pipeline import cache as step_cache
 from mnist_pipeline import lineage
 from mnist_pipeline.config import PipelineSettings, TrainConfig
 from mnist_pipeline.data.incoming import ShardReport
@@ -38,10 +39,11 @@ from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.runs import model_key, run_key, trial_key, utc_now
 from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.training.architectures import MODEL_NAMES, get_model_spec
+from mnist_pipeline.training.cache_key import TrainingKey, training_key
 from mnist_pipeline.training.record import TrainingRecord
 from mnist_pipeline.training.sweeps import Trial
 from mnist_pipeline.trials import SELECTED_ON, TrialResult, TrialTable, choose_winner
-from mnist_pipeline.workers import worker_hostname
+from mnist_pipeline.workers import hostname_of
 
 __all__ = [
     "champion_for_labels",
@@ -66,16 +68,17 @@ def process_new_data(settings: PipelineSettings, run_id: str) -> ShardReport:
     from mnist_pipeline.data.incoming import process_incoming
     from mnist_pipeline.data.mnist import load_mnist
 
-    base = load_mnist(settings.source)  # the yardstick: no test digit may leak into training
+    # The yardstick: no test digit may leak into training.
+    base = load_mnist(settings.source, settings.keras_home)
     champion = champion_for_labels(settings, base)
-    return process_incoming(open_storage(settings.artifacts_uri), run_id, base, champion)
+    return process_incoming(open_storage(settings.artifacts_uri, settings), run_id, base, champion, settings)
 
 
 def champion_for_labels(settings: PipelineSettings, base: MnistData) -> Champion | None:
     """The registry's champion as the label check uses it (None: no champion yet). Its model is
     loaded only when the check first predicts, so a run with nothing to check never imports
     TensorFlow; its per-class error comes from the test predictions it was published with."""
-    registry = Registry(open_storage(settings.registry_uri))
+    registry = Registry.from_settings(settings)
     pointer = registry.champion()
     if pointer is None:
         return None
@@ -122,7 +125,7 @@ def ingest(settings: PipelineSettings, run_id: str) -> SnapshotInfo:
     content-addressed snapshot with a manifest of its sources."""
     from mnist_pipeline.data.training_set import build_training_set
 
-    artifacts = open_storage(settings.artifacts_uri)
+    artifacts = open_storage(settings.artifacts_uri, settings)
     data, sources = build_training_set(settings, artifacts)
     snapshot = write_snapshot(data, artifacts, settings.source, sources)
     lineage.ingested(snapshot, sources)  # OpenLineage, when an Airflow task runs this
@@ -145,8 +148,13 @@ def train(
     run_id: str,
     warm_start: bool = False,
     trial: Trial | None = None,
+    use_cache: bool = True,
 ) -> TrainingRecord:
     """Train `model_name` on the snapshot; store `model.keras` and `training.json` in the run.
+
+    A training with the same key (`training.cache_key`) finished in an earlier run is reused
+    instead (`mnist_pipeline.cache`), unless `use_cache` is off; a training done here is recorded
+    for later runs either way.
 
     With `warm_start`, the model begins from the champion's weights when the champion is the same
     architecture (else it starts cold, and the record says why). Checkpointed after every epoch
@@ -168,10 +176,14 @@ def train(
         else _Start.cold("not asked for")
     )
     train_config = replace(train_config, warm_start=start.weights is not None)
-    artifacts = open_storage(settings.artifacts_uri)
-    train_split, val_split = _splits(artifacts, snapshot.data_hash, train_config)
+    artifacts = open_storage(settings.artifacts_uri, settings)
     prefix = trial.key(run_id)
     fingerprint = _fingerprint(snapshot, train_config, start, trial)
+    key = training_key(model_name, fingerprint, train_config, model_settings, settings.onednn_env())
+    reused = _reused(artifacts, key, prefix, run_id, snapshot, trial) if use_cache else None
+    if reused is not None:
+        return reused
+    train_split, val_split = _splits(artifacts, snapshot.data_hash, train_config)
     checkpoint = ArtifactCheckpoint(artifacts, f"{prefix}/checkpoint", fingerprint)
     result = train_model(
         model_name,
@@ -181,13 +193,26 @@ def train(
         checkpoint=checkpoint,
         initial_weights=start.weights,
         model_settings=model_settings,
+        onednn_env=settings.onednn_env(),
     )
-    facts = _training_facts(result, train_config, start)
+    facts = _training_facts(result, train_config, start, key)
     if trial.swept:
-        facts["trial"] = _trial_result(trial, result, val_split)
+        facts["trial"] = _trial_result(trial, result, val_split, settings.worker_name)
     record = _stored_training(artifacts, prefix, result, snapshot, run_id, model_name, facts)
+    step_cache.remember(artifacts, key, record, prefix)  # only now: its model and record are stored
     checkpoint.clear()  # the model is stored: nothing is left to resume
     lineage.trained(snapshot, record)
+    return record
+
+
+def _reused(
+    artifacts: Storage, key: TrainingKey, prefix: str, run_id: str, snapshot: SnapshotInfo, trial: Trial
+) -> TrainingRecord | None:
+    """The training an earlier run finished with `key`, copied into this run; None: train it."""
+    index = trial.index if trial.swept else None
+    record = step_cache.reuse_training(artifacts, key, prefix, run_id, snapshot.manifest_hash or None, index)
+    if record is not None:
+        lineage.trained(snapshot, record)
     return record
 
 
@@ -230,7 +255,7 @@ def _stored_training(
     return record
 
 
-def _trial_result(trial: Trial, result: Any, val_split: tuple) -> TrialResult:
+def _trial_result(trial: Trial, result: Any, val_split: tuple, worker_name: str) -> TrialResult:
     """A sweep trial's row: the validation scores of the weights it ships (those early stopping
     kept, averaged), its curves per epoch, how long it trained and on which worker."""
     from mnist_pipeline.data.tf_data import make_eval_dataset
@@ -244,7 +269,7 @@ def _trial_result(trial: Trial, result: Any, val_split: tuple) -> TrialResult:
         val_loss=float(scores["loss"]),
         epochs_run=result.epochs_run,
         train_seconds=round(result.train_seconds, 2),
-        worker=worker_hostname(),
+        worker=hostname_of(worker_name),
         val_accuracy_per_epoch=[float(value) for value in result.history.get("val_accuracy", [])],
         val_loss_per_epoch=[float(value) for value in result.history.get("val_loss", [])],
     )
@@ -265,7 +290,7 @@ def select(
         return trainings[0]
     results = sorted((training.trial for training in swept), key=lambda result: result.index)
     winner = choose_winner(results)
-    artifacts = open_storage(settings.artifacts_uri)
+    artifacts = open_storage(settings.artifacts_uri, settings)
     prefix = model_key(run_id, model_name)
     table = TrialTable(model_name, run_id, winner.index, SELECTED_ON, results)
     artifacts.write_json(f"{prefix}/trials.json", table.to_dict())
@@ -300,8 +325,11 @@ def _splits(artifacts: Storage, data_hash: str, train_config: TrainConfig) -> tu
     return split_validation(data.x_train, data.y_train, train_config.validation_fraction, train_config.seed)
 
 
-def _training_facts(result: Any, train_config: TrainConfig, start: _Start) -> dict[str, Any]:
-    """What the training record says of how the model trained, beyond what `result` carries."""
+def _training_facts(
+    result: Any, train_config: TrainConfig, start: _Start, key: TrainingKey
+) -> dict[str, Any]:
+    """What the training record says of how the model trained, beyond what `result` carries: its
+    cache key and environment too, which `verify` compares a retraining's with."""
     return {
         "trained_at": utc_now(),
         "epochs_after_resume": result.epochs_after_resume,
@@ -310,6 +338,8 @@ def _training_facts(result: Any, train_config: TrainConfig, start: _Start) -> di
         "train_config": asdict(train_config),
         "initialized_from": start.origin,
         "initialization": start.note,
+        "cache_key": key.digest,
+        "environment": key.environment,
     }
 
 
@@ -337,7 +367,7 @@ def _initialisation(
     from mnist_pipeline.training.model_io import load_model_bytes
     from mnist_pipeline.training.warm_start import weights_mismatch
 
-    registry = Registry(open_storage(settings.registry_uri))
+    registry = Registry.from_settings(settings)
     champion = registry.champion()
     if champion is None or champion.model != model_name:
         why = (
@@ -361,14 +391,19 @@ def _initialisation(
 def evaluate(training: TrainingRecord, settings: PipelineSettings) -> EvaluationRecord:
     """Evaluate a trained model on the fixed test set; store beside it `metrics.json`, the
     predicted labels (`predictions.npy`, which the promotion gate pairs with the champion's) and
-    the SavedModel export for serving."""
+    the SavedModel export for serving. A training reused from an earlier run (the step cache)
+    takes that run's evaluation of the same model bytes on the same snapshot, copied."""
     from mnist_pipeline.evaluation.metrics import (
         labels_npy,
         metrics_from_probabilities,
         predict_probabilities,
     )
 
-    artifacts = open_storage(settings.artifacts_uri)
+    artifacts = open_storage(settings.artifacts_uri, settings)
+    reused = step_cache.reuse_evaluation(artifacts, training)
+    if reused is not None:
+        lineage.evaluated(reused, artifacts)
+        return reused
     prefix = model_key(training.run_id, training.model)
     model = load_verified_model(artifacts, f"{prefix}/model.keras", training.model_sha256)
     data = read_snapshot(artifacts, training.data_hash)
@@ -443,7 +478,7 @@ def release(
 ) -> Release | None:
     """What the `mnist_champion` asset announces: the version the gate made champion, or the
     candidate a person approved (the champion moves now, in one commit of the log). None: nothing moved."""
-    registry = Registry(open_storage(settings.registry_uri))
+    registry = Registry.from_settings(settings)
     return released(registry, outcome, answer, run_id)
 
 
@@ -451,5 +486,5 @@ def decline(
     outcome: PromotionOutcome, answer: ApprovalAnswer, settings: PipelineSettings, run_id: str
 ) -> HistoryEvent:
     """A person rejected the run's candidate, or nobody answered in time: the champion stays."""
-    registry = Registry(open_storage(settings.registry_uri))
+    registry = Registry.from_settings(settings)
     return decline_candidate(registry, outcome, answer, run_id)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import socket
 
-from mnist_pipeline.config import settings
+from mnist_pipeline.config import PipelineSettings
 
-__all__ = ["worker_hostname"]
+__all__ = ["hostname_of", "worker_hostname"]
 
 
 def worker_hostname() -> str:
+    """Airflow's `[core] hostname_callable`: Airflow calls it without arguments, so it is an entry
+    point of its own and reads `MNIST_WORKER_NAME` itself."""
+    return hostname_of(PipelineSettings.from_env().worker_name)
+
+
+def hostname_of(worker_name: str) -> str:
+    """`<worker_name>@<host>`, or the host alone for a worker without a name."""
     host = socket.getfqdn()
-    name = settings().worker_name
-    return f"{name}@{host}" if name else host
+    return f"{worker_name}@{host}" if worker_name else host

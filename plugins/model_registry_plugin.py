@@ -1,6 +1,10 @@
 """Airflow plugin: the Model Registry page in the api-server, shown inside the Airflow UI from the
 navigation (Browse) and as a tab of every DAG run, and the "Model Registry" extra link on the
-`promote` task. The logic lives in `mnist_pipeline`."""
+`promote` task. The logic lives in `mnist_pipeline`.
+
+The page's app is created as the plugin loads, and reads the settings then, once: a bad value
+fails the plugin's import, naming the variable (Airflow logs it and leaves the page out).
+"""
 
 from __future__ import annotations
 

@@ -29,11 +29,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _mnist_path() -> Path:
-    source = os.environ.get("MNIST_SOURCE") or str(REPO.parent / "shared" / "data" / "mnist.npz")
-    path = Path(source)
-    if not path.is_file():
-        pytest.exit(f"MNIST_SOURCE must point at a local mnist.npz for the tests; {source!r} is not a file")
-    return path
+    """A local mnist.npz: MNIST_SOURCE, else the shared copy beside the repository, else the
+    canonical file in Keras' cache (downloaded there once, as Keras itself does)."""
+    source = os.environ.get("MNIST_SOURCE")
+    if source:
+        if not Path(source).is_file():
+            pytest.exit(
+                f"MNIST_SOURCE must point at a local mnist.npz for the tests; {source!r} is not a file"
+            )
+        return Path(source)
+    shared = REPO.parent / "shared" / "data" / "mnist.npz"
+    if shared.is_file():
+        return shared
+    from mnist_pipeline.config import PipelineSettings
+    from mnist_pipeline.data.keras_cache import cached_mnist
+    from mnist_pipeline.errors import MnistPipelineError
+
+    try:
+        return cached_mnist(PipelineSettings.from_env().keras_home)
+    except MnistPipelineError as exc:  # offline: the message says where to put a copy
+        pytest.exit(str(exc))
 
 
 os.environ["MNIST_SOURCE"] = str(_mnist_path())
@@ -153,5 +168,6 @@ def api(airflow_db: Path) -> Iterator[Any]:
         yield client
 
 
-# The fault-injection suite's fixtures and its end-of-session summary.
-pytest_plugins = ["tests.fault_fixtures", "tests.fault_report"]
+# The fault-injection suite's fixtures and its end-of-session summary; the guard that fails a test
+# not marked slow when it trains a model.
+pytest_plugins = ["tests.fault_fixtures", "tests.fault_report", "tests.training_guard"]

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _self_signed_cert(folder: Path) -> tuple[Path, Path]:
@@ -46,11 +47,31 @@ def _self_signed_cert(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class _LoggingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files and appends each request's path to `requests`, so tests can count them."""
+
+    def __init__(self, *args: Any, requests: list[str], **kwargs: Any) -> None:
+        self.requests = requests
+        super().__init__(*args, **kwargs)
+
+    def send_head(self) -> Any:
+        self.requests.append(self.path)
+        return super().send_head()
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep the test output quiet
+        pass
+
+
 @contextmanager
-def serve_https(folder: Path, cert_folder: Path) -> Iterator[tuple[str, Path]]:
-    """Serve `folder` over HTTPS; yields (base URL, CA file clients must trust)."""
+def serve_https(
+    folder: Path, cert_folder: Path, requests: list[str] | None = None
+) -> Iterator[tuple[str, Path]]:
+    """Serve `folder` over HTTPS; yields (base URL, CA file clients must trust). Each request's
+    path is appended to `requests` when one is given."""
     cert_path, key_path = _self_signed_cert(cert_folder)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler = functools.partial(
+        _LoggingHandler, directory=str(folder), requests=[] if requests is None else requests
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)

@@ -1,5 +1,6 @@
-"""Helpers of the registry tests: versions published without training, events committed as a
-gate or a person would, every event read back."""
+"""Helpers of the registry tests: versions published without training (numbered, or with a given
+accuracy and per-class recall), events committed as a gate or a person would, every event read
+back."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from mnist_pipeline.registry.state import CHAMPION, RegistryState
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.storage import Storage
 
-__all__ = ["list_events", "publish_version", "record_event", "snapshot", "upload_version"]
+__all__ = [
+    "headline",
+    "list_events",
+    "publish_scored_version",
+    "publish_version",
+    "record_event",
+    "snapshot",
+    "upload_version",
+]
 
 
 def upload_version(registry: Registry, folders: Path, i: int, model: str = "dnn") -> VersionRef:
@@ -30,6 +39,24 @@ def publish_version(registry: Registry, folders: Path, i: int, model: str = "dnn
     ref, folder, metadata = _stage(folders, i, model)
     registry.publish(ref, folder, metadata)
     return ref
+
+
+def headline(accuracy: float) -> dict[str, float]:
+    """A version's test accuracy and loss, as pointers and events quote them."""
+    return {"accuracy": accuracy, "loss": round(1 - accuracy, 4)}
+
+
+def publish_scored_version(registry: Registry, ref: VersionRef, accuracy: float, folders: Path) -> None:
+    """A version with a metrics.json whose recall of digit d is `accuracy` - d/1000."""
+    folder = folders / f"{ref.model}-{ref.version}"
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(b"weights")
+    per_class = {
+        str(d): {"precision": accuracy, "recall": accuracy - d / 1000, "support": 1000} for d in range(10)
+    }
+    (folder / "metrics.json").write_text(json.dumps(headline(accuracy) | {"per_class": per_class}))
+    identity = {"data_hash": "d" * 64, "airflow_run_id": f"run-{ref.model}", "trained_at": ref.version[:16]}
+    registry.publish(ref, folder, {"metrics": headline(accuracy), **identity})
 
 
 def _stage(folders: Path, i: int, model: str) -> tuple[VersionRef, Path, dict[str, Any]]:

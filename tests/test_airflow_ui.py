@@ -19,8 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +27,14 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.airflow_api import AirflowApi
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "airflow_ui.py"
 READY_TIMEOUT_S = 300  # 30-110 s seen on 2 busy cores: the database, then four components
 DAG_TIMEOUT_S = 120  # the dag-processor parses the DAG files after it starts
 STOP_TIMEOUT_S = 60  # the wrapper's own bound is 30 s of SIGTERM, then SIGKILL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wrapper_env(tmp_path: Path, port: int) -> dict[str, str]:
@@ -121,36 +116,6 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
-class Api:
-    """The api-server as the UI's client sees it: a token from /auth/token, then Bearer requests."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.token: str | None = None
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.address + path, method=method)
-        request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        data = json.dumps(body).encode() if body is not None else None
-        try:
-            with urllib.request.urlopen(request, data=data, timeout=30) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    def sign_in(self, username: str, password: str) -> None:
-        status, body = self.request("POST", "/auth/token", {"username": username, "password": password})
-        assert status in (200, 201), f"/auth/token answered {status}: {body[:300]!r}"
-        self.token = json.loads(body)["access_token"]
-
-    def dag_ids(self) -> list[str]:
-        status, body = self.request("GET", "/api/v2/dags?limit=100")
-        assert status == 200, f"/api/v2/dags answered {status}: {body[:300]!r}"
-        return [dag["dag_id"] for dag in json.loads(body)["dags"]]
-
-
 @dataclass
 class RunningUi:
     wrapper: Wrapper
@@ -220,21 +185,21 @@ def test_prints_the_address_user_and_password(ui: RunningUi) -> None:
 
 @pytest.mark.slow
 def test_the_address_answers(ui: RunningUi) -> None:
-    status, body = Api(ui.address).request("GET", "/api/v2/monitor/health")
+    status, body = AirflowApi(ui.address).request("GET", "/api/v2/monitor/health")
     assert status == 200
     assert json.loads(body)["metadatabase"]["status"] == "healthy"
 
 
 @pytest.mark.slow
 def test_the_printed_password_signs_in(ui: RunningUi) -> None:
-    api = Api(ui.address)
+    api = AirflowApi(ui.address)
     api.sign_in(ui.username, ui.password)
     assert api.token
 
 
 @pytest.mark.slow
 def test_the_plugin_page_is_served(ui: RunningUi) -> None:
-    api = Api(ui.address)
+    api = AirflowApi(ui.address)
     api.sign_in(ui.username, ui.password)
     status, body = api.request("GET", "/model-registry/")
     # 503: the page is there but the registry cannot be read; 404 would mean no plugin.
@@ -243,7 +208,7 @@ def test_the_plugin_page_is_served(ui: RunningUi) -> None:
 
 @pytest.mark.slow
 def test_the_dag_is_listed(ui: RunningUi) -> None:
-    api = Api(ui.address)
+    api = AirflowApi(ui.address)
     api.sign_in(ui.username, ui.password)
     dag_ids = wait_until(lambda: "mnist_training" in (ids := api.dag_ids()) and ids, DAG_TIMEOUT_S, 2.0)
     assert dag_ids and "mnist_training" in dag_ids, f"DAGs listed after {DAG_TIMEOUT_S} s: {api.dag_ids()}"
@@ -254,7 +219,7 @@ def test_idle_it_keeps_two_task_workers_per_core_up_to_4_in_under_2_5_gb(ui: Run
     """Airflow's default parallelism, 32, forked 32 LocalExecutor workers that held 6.6 GB idle."""
     slots = min(2 * len(os.sched_getaffinity(0)), 4)
     assert ui.wrapper.printed(r"tasks: +at most (\d+) at once") == str(slots)
-    api = Api(ui.address)
+    api = AirflowApi(ui.address)
     api.sign_in(ui.username, ui.password)
     assert wait_until(lambda: "mnist_training" in api.dag_ids(), DAG_TIMEOUT_S, 2.0)  # parsed: idle now
     procs = live_processes(ui.sessions)

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,30 +40,14 @@ from mnist_pipeline.registry.operations import promote_version
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.registry.views import LOG_VERSION
-from mnist_pipeline.storage import CountingStorage, Storage, open_storage
+from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.web.app import load_overview
 from mnist_pipeline.web.templates import render
-from tests.registry_helpers import publish_version, upload_version
+from tests.registry_helpers import publish_version, snapshot, upload_version
+from tests.storage_helpers import CountingStorage, RacingStorage
 
 WHO = "test:alice"
 STAGING, SHADOW = "staging", "shadow"
-
-
-class RacingStorage(CountingStorage):
-    """Lets `rival` commit first, the first time anyone tries to create a commit of the log: the
-    writer under test then finds its commit number taken, as when another process wins the race."""
-
-    def __init__(self, inner: Storage, rival: Callable[[], Any]) -> None:
-        super().__init__(inner)
-        self.rival, self.raced, self.lost = rival, False, 0
-
-    def create_if_absent(self, key: str, data: bytes) -> bool:
-        if commit_number(key) is not None and not self.raced:
-            self.raced = True
-            self.rival()
-        won = super().create_if_absent(key, data)
-        self.lost += not won
-        return won
 
 
 @pytest.fixture
@@ -75,10 +58,6 @@ def registry(storage_uri: str) -> Registry:
 @pytest.fixture
 def versions(registry: Registry, tmp_path: Path) -> list[VersionRef]:
     return [publish_version(registry, tmp_path / "folders", i) for i in range(1, 4)]
-
-
-def snapshot(storage: Storage) -> dict[str, bytes]:
-    return {key: storage.read_bytes(key) for key in storage.list_keys("")}
 
 
 def target(pointer: ChampionPointer | None) -> VersionRef | None:

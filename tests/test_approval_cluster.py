@@ -24,7 +24,7 @@ from urllib.parse import quote
 import pytest
 
 from tests import test_cluster
-from tests.test_cluster import Api
+from tests.airflow_api import AirflowApi
 
 pytestmark = pytest.mark.slow
 TINY_APPROVED_RUN = {
@@ -55,8 +55,8 @@ def cluster(cluster_services, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def api(cluster: dict[str, Any]) -> Api:
-    api = Api(cluster["api_url"], cluster["username"], cluster["password"])
+def api(cluster: dict[str, Any]) -> AirflowApi:
+    api = AirflowApi.signed_in(cluster["api_url"], cluster["username"], cluster["password"])
     for dag_id in (TRAINING, EXPORT):  # training starts paused; unpausing the active consumer is a no-op
         wait_until(f"{dag_id} parsed", lambda d=dag_id: get_or_none(api, f"/api/v2/dags/{d}"), 180)
         api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
@@ -81,7 +81,7 @@ def registry(cluster: dict[str, Any]) -> Iterator[Any]:
             os.environ["STORAGE_EMULATOR_HOST"] = saved
 
 
-def get_or_none(api: Api, path: str) -> Any:
+def get_or_none(api: AirflowApi, path: str) -> Any:
     import urllib.error
 
     try:
@@ -104,11 +104,11 @@ def run_path(dag_id: str, run_id: str) -> str:
     return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
 
 
-def task(api: Api, run_id: str, task_id: str) -> dict[str, Any]:
+def task(api: AirflowApi, run_id: str, task_id: str) -> dict[str, Any]:
     return api.call("GET", f"{run_path(TRAINING, run_id)}/taskInstances/{task_id}")
 
 
-def finished_run(api: Api, dag_id: str, run_id: str) -> dict[str, Any]:
+def finished_run(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         run = api.call("GET", run_path(dag_id, run_id))
         return run if run["state"] in ("success", "failed") else None
@@ -116,7 +116,7 @@ def finished_run(api: Api, dag_id: str, run_id: str) -> dict[str, Any]:
     return wait_until(f"{run_id} finished", finished)
 
 
-def champion_events(api: Api) -> list[dict[str, Any]]:
+def champion_events(api: AirflowApi) -> list[dict[str, Any]]:
     found = api.call("GET", "/api/v2/assets/events?name_pattern=mnist_champion&limit=100")
     return found["asset_events"]
 
@@ -132,7 +132,7 @@ def answer_commit(registry, run_id: str) -> Any:
     return commit
 
 
-def awaiting_approval(api: Api, registry) -> tuple[str, dict[str, Any], Any]:
+def awaiting_approval(api: AirflowApi, registry) -> tuple[str, dict[str, Any], Any]:
     """Trigger a run that must be approved; once its approval task waits, return the run id, the
     request the approver sees, and the champion as it then is."""
     before = registry.champion()
@@ -148,19 +148,19 @@ def awaiting_approval(api: Api, registry) -> tuple[str, dict[str, Any], Any]:
     return run_id, request, before
 
 
-def waiting(api: Api, run_id: str) -> bool:
+def waiting(api: AirflowApi, run_id: str) -> bool:
     """Whether the run's approval task waits for an answer; a run that ended instead fails the test."""
     state = api.call("GET", run_path(TRAINING, run_id))["state"]
     assert state in ("queued", "running"), f"run {run_id} ended {state} before asking for approval"
     return task(api, run_id, "approval")["state"] == "awaiting_input"
 
 
-def answer(api: Api, run_id: str, option: str) -> dict[str, Any]:
+def answer(api: AirflowApi, run_id: str, option: str) -> dict[str, Any]:
     path = f"{run_path(TRAINING, run_id)}/taskInstances/approval/-1/hitlDetails"
     return api.call("PATCH", path, {"chosen_options": [option]})
 
 
-def timeline(api: Api, run_id: str, response: dict[str, Any] | None) -> list[tuple[str, str]]:
+def timeline(api: AirflowApi, run_id: str, response: dict[str, Any] | None) -> list[tuple[str, str]]:
     """When each step of the run happened, for the record (`pytest -s` prints it)."""
     run = api.call("GET", run_path(TRAINING, run_id))
     instances = api.call("GET", f"{run_path(TRAINING, run_id)}/taskInstances?limit=100")["task_instances"]
@@ -180,7 +180,7 @@ def print_timeline(title: str, moments: list[tuple[str, str]]) -> None:
         print(f"  {when}  {what}")
 
 
-def approve_one(api: Api, registry) -> Any:
+def approve_one(api: AirflowApi, registry) -> Any:
     """The approved run: waits, then moves the champion and announces it once; the consumer
     exports it. Returns the new champion."""
     from mnist_pipeline.registry.aliases import CANDIDATE, read_alias
@@ -209,7 +209,7 @@ def approve_one(api: Api, registry) -> Any:
     return champion
 
 
-def exported_once(api: Api, registry, champion: Any) -> None:
+def exported_once(api: AirflowApi, registry, champion: Any) -> None:
     """The consumer DAG ran on the one event and wrote the serving copy."""
     from mnist_pipeline.registry.serving_export import SERVING_ROOT, serving_exports
 
@@ -222,7 +222,7 @@ def exported_once(api: Api, registry, champion: Any) -> None:
     print(f"  {consumer['end_date']}  {EXPORT} {consumer['state']}: {SERVING_ROOT}/1/ written")
 
 
-def reject_one(api: Api, registry, champion: Any) -> None:
+def reject_one(api: AirflowApi, registry, champion: Any) -> None:
     """The rejected run: nothing moves, nothing is announced, the candidate is cleared."""
     from mnist_pipeline.registry.aliases import CANDIDATE, read_alias
     from mnist_pipeline.registry.history import list_events
@@ -245,7 +245,7 @@ def reject_one(api: Api, registry, champion: Any) -> None:
     print_timeline(f"rejected run {run_id}", timeline(api, run_id, response))
 
 
-def time_out_one(api: Api, registry, champion: Any) -> None:
+def time_out_one(api: AirflowApi, registry, champion: Any) -> None:
     """A run nobody answers: the scheduler's timeout gives the default answer, Reject."""
     from mnist_pipeline.registry.aliases import CANDIDATE, read_alias
     from mnist_pipeline.registry.history import list_events
@@ -264,7 +264,7 @@ def time_out_one(api: Api, registry, champion: Any) -> None:
     print_timeline(f"unanswered run {run['dag_run_id']}", sorted(moments, key=lambda m: m[1]))
 
 
-def test_an_approved_run_releases_and_a_rejected_one_moves_nothing(api: Api, registry) -> None:
+def test_an_approved_run_releases_and_a_rejected_one_moves_nothing(api: AirflowApi, registry) -> None:
     champion = approve_one(api, registry)
     exported_once(api, registry, champion)
     reject_one(api, registry, champion)

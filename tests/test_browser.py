@@ -31,7 +31,9 @@ from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.registry.gate import GateConfig
 from mnist_pipeline.registry.promotion import PromotionOptions, promote
 from mnist_pipeline.web.link import LINK_NAME, NAV_ROUTE, RUN_TAB_ROUTE
-from tests.test_airflow_ui import Api, free_port, start_wrapper, stop_wrapper, wait_until, wrapper_env
+from tests.airflow_api import AirflowApi
+from tests.ports import free_port
+from tests.test_airflow_ui import start_wrapper, stop_wrapper, wait_until, wrapper_env
 from tests.trained_runs import evaluate_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -107,7 +109,7 @@ def test_a_user_triggers_a_run_and_follows_it_to_the_registry(
     airflow_ui: dict[str, Any], browser_page: Any, screenshots: Path
 ) -> None:
     page, address = browser_page, airflow_ui["address"]
-    api = Api(address)
+    api = AirflowApi(address)
     api.sign_in(airflow_ui["user"], airflow_ui["password"])
     shots: list[Path] = []
 
@@ -206,13 +208,13 @@ def unquote_run_id(url: str) -> str:
     return unquote(url.rstrip("/").rsplit("/", 1)[1])
 
 
-def run_ids(api: Api) -> dict[str, str]:
+def run_ids(api: AirflowApi) -> dict[str, str]:
     status, body = api.request("GET", "/api/v2/dags/mnist_training/dagRuns?limit=100")
     assert status == 200, body[:300]
     return {run["dag_run_id"]: run["run_type"] for run in json.loads(body)["dag_runs"]}
 
 
-def assert_unpaused_with_no_run(api: Api) -> None:
+def assert_unpaused_with_no_run(api: AirflowApi) -> None:
     """"Unpause on trigger" (ticked by default) unpaused the DAG; no scheduled run for a slot
     already past started, even after the scheduler had a few loops to start one."""
     status, body = api.request("GET", "/api/v2/dags/mnist_training")
@@ -221,11 +223,11 @@ def assert_unpaused_with_no_run(api: Api) -> None:
     assert run_ids(api) == {}
 
 
-def assert_one_run_only(api: Api, run_id: str) -> None:
+def assert_one_run_only(api: AirflowApi, run_id: str) -> None:
     assert run_ids(api) == {run_id: "manual"}
 
 
-def wait_for_success(api: Api, run_id: str) -> None:
+def wait_for_success(api: AirflowApi, run_id: str) -> None:
     path = f"/api/v2/dags/mnist_training/dagRuns/{quote(run_id, safe='')}"
 
     def finished() -> str | None:

@@ -21,8 +21,10 @@ import pytest
 
 from mnist_pipeline.web.app import URL_PREFIX
 from mnist_pipeline.web.link import NAV_ROUTE
+from tests.page_settings import serve_settings
+from tests.ports import free_port
 from tests.registry_helpers import record_event
-from tests.test_airflow_ui import free_port, wait_until
+from tests.test_airflow_ui import wait_until
 from tests.test_registry_page import CNN, DNN, LINEAR, asked_and_answered, crowned, gate_decision
 from tests.test_run_page import kept_event, pending_event, record_decision
 
@@ -54,6 +56,8 @@ def server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     seed(root)
     port = free_port()
     uvicorn_server = uvicorn.Server(uvicorn.Config(create_app("all"), port=port, log_level="warning"))
+    page_settings = pytest.MonkeyPatch()
+    serve_settings(page_settings)  # the page reads the settings it was created with: these
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
     wait_until(lambda: uvicorn_server.started or not thread.is_alive(), 60, 0.1)
@@ -61,6 +65,7 @@ def server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield f"http://127.0.0.1:{port}"
     uvicorn_server.should_exit = True
     thread.join(timeout=10)
+    page_settings.undo()
     for name, value in saved.items():
         os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
 

@@ -100,4 +100,5 @@ def test_a_missing_source_is_named_and_nothing_is_written(env: dict[str, str], t
 
 def test_a_bad_environment_value_is_named(env: dict[str, str]) -> None:
     result = cli(env | {"MNIST_MAX_TRAIN_IMAGES": "many"}, "ingest")
-    assert result.returncode == 2 and "MNIST_MAX_TRAIN_IMAGES must be an integer" in result.stderr
+    assert result.returncode == 2
+    assert "MNIST_MAX_TRAIN_IMAGES must be 0 (all) or a positive integer, got 'many'" in result.stderr

@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.airflow_api import AirflowApi
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -53,25 +54,7 @@ def cluster(cluster_services, tmp_path_factory: pytest.TempPathFactory):
     assert not (home / "cluster.json").exists()
 
 
-class Api:
-    """The Airflow REST API as a client of the UI sees it: a token from /auth/token, then v2."""
-
-    def __init__(self, base_url: str, username: str, password: str) -> None:
-        self.base_url = base_url
-        token = self.call("POST", "/auth/token", {"username": username, "password": password}, auth=False)
-        self.token = token["access_token"]
-
-    def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
-        request = urllib.request.Request(self.base_url + path, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        data = json.dumps(body).encode() if body is not None else None
-        with urllib.request.urlopen(request, data=data, timeout=30) as response:
-            return json.load(response)
-
-
-def trigger_and_wait(api: Api, conf: dict[str, Any]) -> dict[str, Any]:
+def trigger_and_wait(api: AirflowApi, conf: dict[str, Any]) -> dict[str, Any]:
     api.call("PATCH", "/api/v2/dags/mnist_training", {"is_paused": False})
     run = api.call("POST", "/api/v2/dags/mnist_training/dagRuns", {"logical_date": None, "conf": conf})
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -81,7 +64,7 @@ def trigger_and_wait(api: Api, conf: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-def task_instances(api: Api, run_id: str) -> dict[str, dict[str, Any]]:
+def task_instances(api: AirflowApi, run_id: str) -> dict[str, dict[str, Any]]:
     path = f"/api/v2/dags/mnist_training/dagRuns/{run_id}/taskInstances?limit=100"
     return {ti["task_id"]: ti for ti in api.call("GET", path)["task_instances"]}
 
@@ -98,7 +81,7 @@ def test_a_run_triggered_through_the_rest_api_trains_on_the_gpu_worker(
     from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.storage import open_storage
 
-    api = Api(cluster["api_url"], cluster["username"], cluster["password"])
+    api = AirflowApi.signed_in(cluster["api_url"], cluster["username"], cluster["password"])
     started = time.monotonic()
     run = trigger_and_wait(api, SMALL_RUN)
     assert run["state"] == "success", run

@@ -129,20 +129,17 @@ def test_the_rest_api_refuses_epochs_0_naming_the_field_and_starts_nothing(api) 
     assert api.get(runs).json()["total_entries"] == before
 
 
-def test_a_run_refuses_epochs_0_naming_the_field_instead_of_reading_it_as_empty() -> None:
+def test_a_run_refuses_epochs_0_naming_the_field_instead_of_reading_it_as_empty(dag) -> None:
     """Should a run's conf ever bypass the schema: 0 is not "empty", which keeps the default."""
-    import runpy
-
+    from mnist_pipeline.config import PipelineSettings
     from mnist_pipeline.errors import ConfigError
+    from mnist_pipeline.run_params import RunParams
 
-    first_given = runpy.run_path(str(REPO / "dags" / "mnist_training.py"))["_first_given"]
-    assert first_given({"cnn_epochs": None, "epochs": 3}, "cnn_epochs", "epochs") == 3
-    assert first_given({"cnn_epochs": 2, "epochs": 3}, "cnn_epochs", "epochs") == 2
-    assert first_given({"cnn_epochs": None, "epochs": None}, "cnn_epochs", "epochs") is None
-    with pytest.raises(
-        ConfigError, match=r"^param cnn_epochs must be a positive integer or empty .*, got 0$"
-    ):
-        first_given({"cnn_epochs": 0, "epochs": 3}, "cnn_epochs", "epochs")
+    defaults = {name: dag.params[name] for name in dag.params}
+    for conf in ({"cnn_epochs": 0, "epochs": 3}, {"epochs": 0}):
+        field = next(iter(conf))
+        with pytest.raises(ConfigError, match=rf"^param {field} must be a positive integer, got 0 \(empty"):
+            RunParams.from_params(defaults | conf, PipelineSettings())
 
 
 @pytest.mark.parametrize("dag_file", ["mnist_training.py", "mnist_serving_export.py"])

@@ -172,7 +172,6 @@ def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
     fault_ledger: FaultLedger,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MNIST_STORAGE_RETRY_DEADLINE", "40")
     before = storage_bytes(registry_with_champion)
     head = Registry(open_storage(registry_with_champion)).state().number
     bucket, root = split_gs_uri(registry_with_champion)
@@ -187,7 +186,9 @@ def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
     }[moment]
     outage = Outage(fault_gcs, fault_gcs.object_path(bucket, f"{root}/{trigger}"), seconds=3)
     outage.start()
-    settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
+    settings = PipelineSettings(
+        artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion, storage_retry_deadline=40
+    )
     outcome = promote([fault_runs["evaluations"]["run-dnn-a"]], settings, "run-dnn-a")
     finished_at = time.monotonic()
     outage.join(timeout=30)
@@ -272,8 +273,9 @@ def test_a_promotion_killed_after_upload_never_exposes_its_half_version(
     assert half not in registry.versions() and len(list_events(registry)) == 1
 
     # The next run publishes another version and clears the dead upload away.
-    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "1e-9")
-    settings = PipelineSettings(artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion)
+    settings = PipelineSettings(
+        artifacts_uri=fault_runs["artifacts"], registry_uri=registry_with_champion, stale_upload_seconds=1e-9
+    )
     assert promote([fault_runs["evaluations"]["run-dnn-b"]], settings, "run-dnn-b").promoted
     assert registry.storage.list_keys(half.prefix) == []
     assert assert_consistent_champion(registry_with_champion).run_id == "run-dnn-b"

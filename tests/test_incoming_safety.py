@@ -356,6 +356,7 @@ def labelled_populations(mnist: MnistData) -> dict[str, tuple[np.ndarray, np.nda
     }
 
 
+@pytest.mark.slow  # its champion_registry trains a small DNN
 def test_a_shard_with_shifted_labels_is_quarantined_and_honest_new_digits_are_not(
     champion_registry: str, mnist_npz: Path, mnist: MnistData, storage_uri: str
 ) -> None:
@@ -424,6 +425,7 @@ def test_the_champion_is_not_asked_when_no_shard_reaches_the_label_check(
     assert asked == [] and len(report.rejected) == 2
 
 
+@pytest.mark.slow  # its champion_registry trains a small DNN
 def test_the_registry_page_shows_what_was_set_aside_and_quarantined(
     champion_registry: str, mnist_npz: Path, mnist: MnistData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -438,8 +440,7 @@ def test_the_registry_page_shows_what_was_set_aside_and_quarantined(
     drop(storage, "copy-<b>.npz", (mnist.x_train[:100], mnist.y_train[:100]))
     (tmp_path / "artifacts" / INCOMING / "link.npz").symlink_to(tmp_path)
     process_new_data(settings, "run-page")
-    monkeypatch.setenv("MNIST_ARTIFACTS_URI", settings.artifacts_uri)
-    incoming = load_incoming()
+    incoming = load_incoming(settings)
     assert incoming["counts"] == {"accepted": 0, "set aside": 2, "quarantined": 1}
     assert dict(incoming["categories"]) == {"duplicate": 1, "link": 1, "labels": 1}
     html = render(
@@ -449,3 +450,532 @@ def test_the_registry_page_shows_what_was_set_aside_and_quarantined(
     assert '<tr data-outcome="quarantined">' in section and "labels look shifted" in section
     assert "copy base MNIST training images" in section and "a symbolic link" in section
     assert "copy-&lt;b&gt;.npz" in section and "copy-<b>" not in section  # names are escaped
+
+
+# --- what each outcome says, word for word ---------------------------------------------------------
+
+
+def test_a_shard_the_champion_contradicts_is_quarantined_with_its_figures_and_logged(
+    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stand-in champion that knows every digit it is shown (no model is loaded or trained)."""
+    _, storage = store
+    honest, shifted = fresh(mnist, 0, 300), fresh(mnist, 300, 300)
+    truth = {image.tobytes(): label for image, label in zip(*honest, strict=True)}
+    truth |= {image.tobytes(): label for image, label in zip(*shifted, strict=True)}
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return np.eye(10)[[truth[image.tobytes()] for image in images]]
+
+    drop(storage, "honest.npz", honest)
+    cases = [("shifted.npz", (0.01,) * 10, "1.0%"), ("shifted-again.npz", None, "unknown")]
+    for name, class_error, error in cases:
+        drop(storage, name, (shifted[0], (shifted[1] + 1) % 10))
+        with caplog.at_level("INFO", logger="mnist_pipeline.data.incoming"):
+            report = process_incoming(
+                storage, f"run-{error}", mnist, Champion("dnn/v1", predict, class_error)
+            )
+        (quarantined,) = report.quarantined
+        check = quarantined["statistics"]["label_check"]
+        uri = storage.uri(f"{INCOMING}{name}")
+        reason = (
+            f"data source {uri!r}: {check['verdict']} (the champion dnn/v1 contradicts"
+            f" {check['disagreement']:.0%} of its {check['confident']} confident predictions; its own test"
+            f" error on these classes is {error}; quarantined at {check['threshold']:.0%} or more)"
+        )
+        assert (
+            quarantined["reason"] == reason and quarantined["category"] == "labels" and report.rejected == []
+        )
+        assert reason_file(storage, quarantined["stored"], QUARANTINED).strip() == reason
+        assert f"quarantined {name!r}: {reason}" in caplog.messages
+        caplog.clear()
+    assert [shard["source"] for shard in accepted_shards(storage)] == ["honest.npz"]
+
+
+def test_an_accepted_shards_sidecar_and_log_line_say_what_it_holds(
+    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mnist_pipeline.data.screening import content_hash
+
+    _, storage = store
+    images, labels = new_digits(mnist.x_train[:1000]), np.ones(1000, np.uint8)  # skewed: flagged
+    drop(storage, "ones.npz", (images, labels))
+    storage.write_bytes(f"{INCOMING}notes.txt", b"hello")
+    with caplog.at_level("INFO", logger="mnist_pipeline.data.incoming"):
+        report = process_incoming(storage, "run-sidecar", mnist)
+    (info,) = report.accepted
+    assert set(info) == {"shard", "source", "sha256", "content_sha256", "images", "statistics", "flags"}
+    assert info["content_sha256"] == content_hash(images, labels) and info["images"] == 1000
+    assert storage.read_json(f"{ACCEPTED}{info['shard']}.json") == info
+    (flag,) = info["flags"]
+    assert f"accepted shard 'ones.npz': 1000 images, flagged: {flag}" in caplog.messages
+    reason = reasons(report)["notes.txt"]
+    assert f"set aside 'notes.txt': {reason}" in caplog.messages
+
+
+def test_a_tampered_accepted_shard_is_refused_naming_it(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    from mnist_pipeline.data.incoming import read_accepted, shard_limits
+    from mnist_pipeline.errors import DataError
+
+    _, storage = store
+    drop(storage, "valid.npz", fresh(mnist, 0))
+    (sidecar,) = process_incoming(storage, "run-accept", mnist).accepted
+    key = f"{ACCEPTED}{sidecar['shard']}"
+    images, _ = read_accepted(storage, sidecar, shard_limits(PipelineSettings()))
+    assert len(images) == 100
+    storage.write_bytes(key, storage.read_bytes(key) + b"tampered")
+    with pytest.raises(DataError, match=f"^{storage.uri(key)} does not match its recorded sha256"):
+        read_accepted(storage, sidecar, shard_limits(PipelineSettings()))
+    sidecar |= {"sha256": sidecar["sha256"].replace(sidecar["sha256"][0], "x")}
+    storage.write_bytes(key, b"not an archive")
+    with pytest.raises(DataError):
+        read_accepted(storage, sidecar, shard_limits(PipelineSettings()))
+
+
+def test_the_announcement_ledger_lists_every_shard_announced_and_names_the_flagged(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    import json
+
+    from mnist_pipeline.data.incoming import ANNOUNCED_KEY, announce_pending
+
+    _, storage = store
+    drop(storage, "ones.npz", (new_digits(mnist.x_train[:1000]), np.ones(1000, np.uint8)))
+    drop(storage, "plain.npz", fresh(mnist, 2000, 200))
+    report = process_incoming(storage, "run-announce", mnist)
+    stored = {shard["source"]: shard["shard"] for shard in report.accepted}
+    announcement = announce_pending(storage, threshold=1200)
+    assert announcement is not None and announcement["images"] == 1200
+    flag = (
+        report.accepted[0]["flags"]
+        if report.accepted[0]["source"] == "ones.npz"
+        else report.accepted[1]["flags"]
+    )
+    assert announcement["flagged"] == [{"shard": stored["ones.npz"], "flags": flag}]
+    ledger = {"shards": sorted(stored.values())}
+    assert storage.read_bytes(ANNOUNCED_KEY) == json.dumps(ledger, indent=2).encode()
+
+
+def test_a_duplicate_of_several_origins_names_the_largest_and_counts_the_rest(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    from mnist_pipeline.data.screening import _COPIED
+
+    _, storage = store
+    first = fresh(mnist, 0, 200)
+    drop(storage, "first.npz", first)
+    process_incoming(storage, "run-first", mnist)
+    images, labels = fresh(mnist, 1000, 200)
+    images[:20] = mnist.x_train[7000:7020]  # 20 copies of base MNIST...
+    images[20:30] = first[0][:10]  # ...and 10 of the shard accepted first
+    drop(storage, "mixed.npz", (images, labels))
+    base_only = np.concatenate([fresh(mnist, 2000, 180)[0], mnist.x_train[7100:7120]])
+    drop(storage, "base.npz", (base_only, labels))
+    found = reasons(process_incoming(storage, "run-mixed", mnist))
+    known = f"copy images already known {_COPIED}, more than 5%"
+
+    def source(name: str) -> str:
+        return f"data source {storage.uri(INCOMING + name)!r}: "
+
+    assert found["mixed.npz"] == source("mixed.npz") + (
+        f"30 of 200 images (15%) {known}: 20 copy base MNIST training images, 10 more copy other images;"
+        " set aside as a duplicate"
+    )
+    assert found["base.npz"] == source("base.npz") + (
+        f"20 of 200 images (10%) {known}: 20 copy base MNIST training images; set aside as a duplicate"
+    )
+
+
+def test_a_claim_that_cannot_be_read_is_taken_over_and_an_old_style_fresh_claim_is_respected(
+    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from mnist_pipeline.data.incoming import CLAIMS
+    from mnist_pipeline.data.names import claim_name
+    from mnist_pipeline.hashing import sha256_hex
+
+    _, storage = store
+    shards = {"garbled.npz": npz(*fresh(mnist, 0)), "fresh.npz": npz(*fresh(mnist, 100))}
+    for name, data in shards.items():
+        storage.write_bytes(f"{INCOMING}{name}", data)
+    claims = {
+        name: f"{CLAIMS}{claim_name(name, sha256_hex(data)[:16])}.json" for name, data in shards.items()
+    }
+    storage.write_bytes(claims["garbled.npz"], b"{not json")
+    storage.write_bytes(
+        claims["fresh.npz"], json.dumps({"run_id": "run-other"}).encode()
+    )  # no time: its write's
+    with caplog.at_level("WARNING", logger="mnist_pipeline.data.incoming"):
+        report = process_incoming(storage, "run-mine", mnist)
+    assert [shard["source"] for shard in report.accepted] == ["garbled.npz"] and report.skipped == [
+        "fresh.npz"
+    ]
+    assert any(
+        message.startswith(f"taking over {claims['garbled.npz']}: claimed by an unreadable claim ")
+        for message in caplog.messages
+    )
+
+
+def test_an_entry_whose_move_fails_leaves_no_reason_file_and_says_why(
+    store: tuple[Path, Storage], mnist: MnistData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, storage = store
+    storage.write_bytes(f"{INCOMING}broken.npz", b"not an archive")
+
+    def refuse(source: str, target: str) -> None:
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(storage, "move_entry", refuse)
+    report = process_incoming(storage, "run-stuck", mnist)
+    (left,) = report.left
+    assert (
+        left["shard"] == "broken.npz"
+        and "; not set aside (PermissionError: read-only): left for the next run" in left["reason"]
+    )
+    assert storage.list_keys(REJECTED) == [] and storage.list_keys(INCOMING) == [f"{INCOMING}broken.npz"]
+
+
+def test_a_name_set_aside_is_reported_as_sent_unless_it_must_be_escaped(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    _, storage = store
+    storage.write_bytes(f"{INCOMING}back\\slash.txt", b"x")
+    assert list(reasons(process_incoming(storage, "run-shown", mnist))) == ["back\\slash.txt"]
+
+
+def test_a_shortened_name_keeps_a_short_extension_and_whole_characters() -> None:
+    from mnist_pipeline.data.names import _shortened
+
+    assert _shortened("abcdefg.npz", 11) == "abcdefg.npz"  # exactly the budget
+    assert _shortened("x" * 30 + ".tar.npz", 20) == "x" * 13 + "….npz"  # the last extension only
+    assert _shortened("x" * 30 + "." + "e" * 15, 30) == "x" * 11 + "…." + "e" * 15
+    assert _shortened("x" * 30 + "." + "e" * 16, 30) == "x" * 27 + "…"  # too long to keep
+    assert _shortened("x" * 10, 5) == "xx…"  # no extension at all
+    assert _shortened("é" * 20, 10) == "ééé…"  # never half a character: 7 bytes hold three and a half
+
+
+# --- every path an entry can take, with its category ------------------------------------------------
+
+
+def test_every_entry_set_aside_carries_the_category_the_summary_counts(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    root, storage = store
+    edge = npz(*fresh(mnist, 0, 60))
+    settings = PipelineSettings(max_shard_bytes=len(edge))
+    storage.write_bytes(f"{INCOMING}edge.npz", edge)  # exactly the limit: accepted
+    storage.write_bytes(f"{INCOMING}big.npz", b"x" * (len(edge) + 1))
+    storage.write_bytes(f"{INCOMING}notes.txt", b"hello")
+    storage.write_bytes(f"{INCOMING}broken.npz", b"not an archive")
+    drop(storage, "tab\t.npz", fresh(mnist, 100, 50))
+    (root / INCOMING / "link.npz").symlink_to(root / "nowhere")
+    blank = fresh(mnist, 200, 50)
+    blank[0][:5] = 0
+    drop(storage, "blank.npz", blank)
+    drop(storage, "base.npz", (mnist.x_train[7000:7050], mnist.y_train[7000:7050]))
+    drop(storage, "test.npz", (mnist.x_test[:50], mnist.y_test[:50]))
+    report = process_incoming(storage, "run-all", mnist, settings=settings)
+    categories = {item["shard"]: item["category"] for item in report.rejected + report.quarantined}
+    assert categories == {
+        "big.npz": "invalid",
+        "notes.txt": "invalid",
+        "broken.npz": "invalid",
+        "tab\\t.npz": "name",
+        "link.npz": "link",
+        "blank.npz": "blank",
+        "base.npz": "duplicate",
+        "test.npz": "leak",
+    }
+    assert [shard["source"] for shard in report.accepted] == ["edge.npz"]
+    assert reasons(report)["notes.txt"] == (
+        f"data source {storage.uri(INCOMING + 'notes.txt')!r}: not a shard: shards are .npz files placed"
+        " directly in incoming/"
+    )
+    assert reasons(report)["link.npz"].endswith(
+        "not a file: links are never followed, so it is set aside unread and its target is left as it is"
+    )
+    assert (
+        "held-out new-data images, or copies of the test set: the yardstick"
+        not in reasons(report)["test.npz"]
+    )
+    assert (
+        reasons(report)["test.npz"].endswith(" the yardstick") or "yardstick" in reasons(report)["test.npz"]
+    )
+    assert set(report.to_dict()) == {"accepted", "rejected", "quarantined", "skipped", "waiting", "left"}
+    summary = read_summary(storage)
+    assert summary["categories"] == {
+        "invalid": 3,
+        "name": 1,
+        "link": 1,
+        "blank": 1,
+        "duplicate": 1,
+        "leak": 1,
+    }
+
+
+def test_an_entry_that_cannot_be_examined_is_set_aside_unread(
+    store: tuple[Path, Storage], mnist: MnistData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    _, storage = store
+    drop(storage, "odd.npz", fresh(mnist, 0))
+    listed = storage.entries
+
+    def entries(prefix: str):
+        return [
+            replace(e, kind="unreadable", error="lstat failed") if e.key.endswith("odd.npz") else e
+            for e in listed(prefix)
+        ]
+
+    monkeypatch.setattr(storage, "entries", entries)
+    report = process_incoming(storage, "run-odd", mnist)
+    (item,) = report.rejected
+    assert item["category"] == "unreadable" and item["reason"] == (
+        f"data source {storage.uri(INCOMING + 'odd.npz')!r}: could not be examined (lstat failed);"
+        " set aside unread"
+    )
+
+
+def test_whatever_an_entry_raises_stays_with_it_and_a_storage_failure_leaves_it(
+    store: tuple[Path, Storage],
+    mnist: MnistData,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, storage = store
+    for name in ("crash.npz", "outage.npz", "stuck.npz", "fine.npz"):
+        drop(storage, name, fresh(mnist, 0 if name != "fine.npz" else 100))
+    read, move = storage.read_entry, storage.move_entry
+
+    def read_entry(key: str) -> bytes:
+        if key.endswith(("crash.npz", "stuck.npz")):
+            raise RuntimeError("boom")
+        if key.endswith("outage.npz"):
+            raise StorageError("bucket down")
+        return read(key)
+
+    def move_entry(source: str, target: str) -> None:
+        if source.endswith("stuck.npz"):
+            raise PermissionError("read-only")
+        move(source, target)
+
+    monkeypatch.setattr(storage, "read_entry", read_entry)
+    monkeypatch.setattr(storage, "move_entry", move_entry)
+    with caplog.at_level("WARNING", logger="mnist_pipeline.data.incoming"):
+        report = process_incoming(storage, "run-faults", mnist)
+    crash = f"data source {storage.uri(INCOMING + 'crash.npz')!r}: RuntimeError: boom"
+    assert report.rejected == [
+        {"shard": "crash.npz", "reason": crash, "category": "invalid", "stored": report.rejected[0]["stored"]}
+    ]
+    stuck = f"data source {storage.uri(INCOMING + 'stuck.npz')!r}: RuntimeError: boom"
+    assert report.left == [
+        {"shard": "outage.npz", "reason": "bucket down"},
+        {
+            "shard": "stuck.npz",
+            "reason": f"{stuck}; not set aside (PermissionError: read-only): left for the next run",
+        },
+    ]
+    assert [shard["source"] for shard in report.accepted] == ["fine.npz"]
+    assert "entry 'crash.npz' could not be checked" in caplog.messages
+    assert "entry 'outage.npz' left for the next run: bucket down" in caplog.messages
+    assert f"entry 'stuck.npz' left for the next run: {report.left[1]['reason']}" in caplog.messages
+
+
+def test_the_runs_outcomes_reach_the_summary_and_a_summary_that_fails_fails_nothing(
+    store: tuple[Path, Storage],
+    mnist: MnistData,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mnist_pipeline.data import incoming
+
+    _, storage = store
+    drop(storage, "fine.npz", fresh(mnist, 0))
+    recorded: list[tuple] = []
+
+    def failing(artifacts: Storage, report: dict, run_id: str) -> None:
+        recorded.append((artifacts, report, run_id))
+        raise StorageError("summary bucket down")
+
+    monkeypatch.setattr(incoming, "record_outcomes", failing)
+    with caplog.at_level("WARNING", logger="mnist_pipeline.data.incoming"):
+        report = process_incoming(storage, "run-summary", mnist)
+    assert recorded == [(storage, report.to_dict(), "run-summary")] and len(report.accepted) == 1
+    assert caplog.messages == ["the incoming summary was not updated: summary bucket down"]
+
+
+def test_a_claim_names_its_run_and_time_and_a_stale_one_is_taken_over_saying_how_old(
+    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from mnist_pipeline.data.incoming import CLAIMS
+    from mnist_pipeline.data.names import claim_name
+    from mnist_pipeline.hashing import sha256_hex
+
+    _, storage = store
+    data = npz(*fresh(mnist, 0))
+    storage.write_bytes(f"{INCOMING}old.npz", data)
+    key = f"{CLAIMS}{claim_name('old.npz', sha256_hex(data)[:16])}.json"
+    storage.write_bytes(key, json.dumps({"run_id": "run-dead", "claimed_at": time.time() - 5000}).encode())
+    before = time.time()
+    with caplog.at_level("WARNING", logger="mnist_pipeline.data.incoming"):
+        assert process_incoming(storage, "run-alive", mnist).accepted
+    assert any(f"taking over {key}: claimed by run-dead 500" in message for message in caplog.messages)
+    claim = storage.read_json(key)
+    assert set(claim) == {"run_id", "claimed_at"} and claim["run_id"] == "run-alive"
+    assert before <= claim["claimed_at"] <= time.time()
+
+
+def test_entries_are_read_in_batches_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from mnist_pipeline.data import incoming
+
+    monkeypatch.setattr(incoming, "_BATCH_BYTES", 10)
+    entries = [SimpleNamespace(size=size) for size in (4, 6, 1, 12, 3, 10)]
+    sizes = [[entry.size for entry in batch] for batch in incoming._batches(entries)]
+    assert sizes == [[4, 6], [1], [12], [3], [10]]
+    assert incoming._batches([]) == []
+
+
+def _copies_of_the_training_side(shard: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's training-side digits moved a pixel: copies (its held-out ones would be leaks)."""
+    from mnist_pipeline.data.slices import held_out_mask
+
+    kept = ~held_out_mask(shard[0])
+    return np.roll(shard[0][kept], 1, axis=2), shard[1][kept]
+
+
+def test_a_later_batch_knows_the_shards_an_earlier_one_accepted(
+    store: tuple[Path, Storage], mnist: MnistData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_pipeline.data import incoming
+
+    _, storage = store
+    first = fresh(mnist, 0, 200)
+    drop(storage, "a.npz", first)
+    copy = _copies_of_the_training_side(first)
+    drop(storage, "b.npz", copy)
+    monkeypatch.setattr(incoming, "_BATCH_BYTES", len(npz(*first)))  # one shard per batch
+    report = process_incoming(storage, "run-batches", mnist)
+    assert [shard["source"] for shard in report.accepted] == ["a.npz"]
+    stored = report.accepted[0]["shard"]
+    count = len(copy[1])
+    assert f"{count} copy the accepted shard {stored!r} (sent as 'a.npz')" in reasons(report)["b.npz"]
+
+
+def test_in_one_batch_a_shard_copying_another_is_set_aside_and_none_copies_itself(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    _, storage = store
+    first = fresh(mnist, 0, 200)
+    copy = _copies_of_the_training_side(first)
+    own = fresh(mnist, 1000, 100)
+    drop(storage, "a.npz", first)
+    drop(storage, "b.npz", copy)
+    drop(
+        storage, "c.npz", (np.concatenate([own[0], own[0]]), np.concatenate([own[1], own[1]]))
+    )  # twice its own
+    report = process_incoming(storage, "run-one-batch", mnist)
+    stored = {shard["source"]: shard["shard"] for shard in report.accepted}
+    assert set(stored) == {"a.npz", "c.npz"}
+    count = len(copy[1])
+    assert (
+        f"{count} copy the accepted shard {stored['a.npz']!r} (sent as 'a.npz')" in reasons(report)["b.npz"]
+    )
+
+
+def test_held_out_images_of_a_shard_accepted_earlier_are_copies_of_the_yardstick(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    from mnist_pipeline.data.slices import held_out_mask
+
+    _, storage = store
+    first = new_digits(mnist.x_train[-2000:])
+    drop(storage, "first.npz", (first, mnist.y_train[-2000:]))
+    assert process_incoming(storage, "run-first", mnist).accepted
+    held = np.roll(first[held_out_mask(first)][:50], 1, axis=2)
+    drop(storage, "again.npz", (held, np.zeros(len(held), np.uint8)))
+    assert (
+        "50 of 50 images duplicate held-out new-data images"
+        in reasons(process_incoming(storage, "run-2", mnist))["again.npz"]
+    )
+
+
+def test_a_champion_that_cannot_predict_skips_the_label_check_saying_why(
+    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, storage = store
+    drop(storage, "fine.npz", fresh(mnist, 0))
+
+    def broken(images: np.ndarray) -> np.ndarray:
+        raise RuntimeError("no model")
+
+    with caplog.at_level("ERROR", logger="mnist_pipeline.data.screening"):
+        (accepted,) = process_incoming(storage, "run-broken", mnist, Champion("dnn/v1", broken)).accepted
+    check = accepted["statistics"]["label_check"]
+    assert (check["champion"], check["skipped"]) == (
+        "dnn/v1",
+        "the champion could not predict (RuntimeError: no model)",
+    )
+    assert caplog.messages == ["the champion dnn/v1 could not check the labels"]
+
+
+def test_only_accepted_shards_sidecars_are_listed(store: tuple[Path, Storage], mnist: MnistData) -> None:
+    _, storage = store
+    drop(storage, "fine.npz", fresh(mnist, 0))
+    storage.write_bytes(f"{INCOMING}meta.npz.json", b'{"shard": "fake"}')  # set aside under its own name
+    report = process_incoming(storage, "run-sidecars", mnist)
+    assert "meta.npz.json" in reasons(report)
+    assert [shard["source"] for shard in accepted_shards(storage)] == ["fine.npz"]
+
+
+def test_stored_and_claim_names_flatten_folders_and_derive_the_unsafe(tmp_path: Path) -> None:
+    import hashlib
+
+    from mnist_pipeline.data.names import MAX_STORED_NAME_BYTES, claim_name
+    from mnist_pipeline.data.screening import content_hash
+
+    digest = "0123456789abcdef" * 4
+    assert stored_name("a/b.npz", digest) == "0123456789abcdef-a__b.npz"
+    assert stored_name("new\nline.npz", digest) == "0123456789abcdef-new_line.npz"
+    exact = "x" * (MAX_STORED_NAME_BYTES - 17)  # 16 digest characters, a dash: exactly the limit
+    assert stored_name(exact, digest) == f"0123456789abcdef-{exact}"
+    assert len(stored_name(exact + "y.npz", digest).encode()) == MAX_STORED_NAME_BYTES
+    assert (
+        name_problem("a\tb\nc")
+        == "its name holds control characters or bytes that are not UTF-8 ('\\t', '\\n')"
+    )
+    fits = "n" * (MAX_STORED_NAME_BYTES - 2)
+    assert claim_name(fits, "t") == f"{fits}-t"
+    unsafe = hashlib.sha256(b"tab\t.npz").hexdigest()[:32]
+    assert claim_name("tab\t.npz", "t") == f"name-{unsafe}-t"
+    images, labels = np.arange(784).reshape(1, 28, 28) % 256, np.array([3])
+    assert content_hash(images, labels) == content_hash(images.astype(np.uint8), labels.astype(np.uint8))
+
+
+def test_an_entry_refused_on_its_listing_and_claimed_by_another_run_is_left_to_it(
+    store: tuple[Path, Storage], mnist: MnistData
+) -> None:
+    import json
+
+    from mnist_pipeline.data.incoming import CLAIMS
+    from mnist_pipeline.data.names import claim_name
+
+    root, storage = store
+    storage.write_bytes(f"{INCOMING}tab\t.npz", b"x")
+    (root / INCOMING / "link.npz").symlink_to(root / "nowhere")
+    listed = {entry.key.removeprefix(INCOMING): entry for entry in storage.entries(INCOMING)}
+    tab = "tab\t.npz"
+    tags = {tab: f"{listed[tab].size}-name", "link.npz": f"link-{listed['link.npz'].modified:.0f}"}
+    for name, tag in tags.items():
+        claim = json.dumps({"run_id": "run-other", "claimed_at": time.time()}).encode()
+        storage.write_bytes(f"{CLAIMS}{claim_name(name, tag)}.json", claim)
+    report = process_incoming(storage, "run-mine", mnist)
+    assert sorted(report.skipped) == ["link.npz", "tab\\t.npz"] and report.rejected == []
+    assert sorted(path.name for path in (root / INCOMING).iterdir()) == ["link.npz", "tab\t.npz"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.data.incoming import (
     ACCEPTED,
     CLAIMS,
@@ -179,7 +180,7 @@ def test_the_poison_pills_are_judged_one_by_one_on_a_local_store(
     # On a file system the nested shard's folder is the entry in incoming/: set aside whole, unread.
     del expected["nested/folder/shard.npz"]
     expected["nested"] = "a folder, not a shard"
-    report = process_incoming(storage, "run-poison", mnist).to_dict()
+    report = process_incoming(storage, "run-poison", mnist, settings=PipelineSettings.from_env()).to_dict()
     assert_every_file_placed(storage, report, expected, valid)
     leftovers = [path for path in (tmp_path / "work").rglob("*") if path.name.endswith(".lock")]
     assert leftovers == []  # compare-and-swap leaves no lock files behind
@@ -194,17 +195,18 @@ def write_claim(storage: Storage, name: str, run_id: str, claimed_at: float) -> 
 def test_a_shard_claimed_by_a_killed_worker_is_taken_over_after_its_lease(
     lease: float, tmp_path: Path, mnist: MnistData, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
-    monkeypatch.setenv("MNIST_CLAIM_LEASE_SECONDS", str(lease))
+    settings = PipelineSettings(claim_lease_seconds=lease)
     storage = open_storage(str(tmp_path / "work"))
     orphan = npz(images=new_digits(mnist.x_train[:100]), labels=mnist.y_train[:100])
     storage.write_bytes(f"{INCOMING}orphan.npz", orphan)
     # What a worker killed between claiming and placing leaves behind: a claim, and the shard.
     write_claim(storage, "orphan.npz", "run-killed", time.time())
-    assert process_incoming(storage, "run-early", mnist).skipped == ["orphan.npz"]  # still within the lease
+    early = process_incoming(storage, "run-early", mnist, settings=settings)
+    assert early.skipped == ["orphan.npz"]  # still within the lease
     assert storage.exists(f"{INCOMING}orphan.npz")
     time.sleep(lease + 0.2)
-    report = process_incoming(storage, "run-later", mnist)
+    report = process_incoming(storage, "run-later", mnist, settings=settings)
     assert [shard["source"] for shard in report.accepted] == ["orphan.npz"]
     assert "taking over" in caplog.text and "run-killed" in caplog.text
     assert storage.list_keys(INCOMING) == [] and len(storage.list_keys(ACCEPTED)) == 2  # shard + sidecar
-    assert process_incoming(storage, "run-after", mnist).accepted == []  # processed once
+    assert process_incoming(storage, "run-after", mnist, settings=settings).accepted == []  # processed once

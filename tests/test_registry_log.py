@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from mnist_pipeline.errors import ConflictError, RegistryError
+from mnist_pipeline.errors import ConflictError, RegistryError, StorageError
 from mnist_pipeline.registry import integrity
 from mnist_pipeline.registry import log as commit_log
 from mnist_pipeline.registry.aliases import CANDIDATE, CHAMPION, clear_alias, read_alias, set_alias
@@ -38,17 +37,23 @@ from mnist_pipeline.registry.log import commit_key
 from mnist_pipeline.registry.operations import promote_version, rollback
 from mnist_pipeline.registry.promotion import APPROVAL_PENDING, PromotionOutcome, _commit_decision
 from mnist_pipeline.registry.records import (
+    AliasMove,
     ChampionPointer,
+    Cleared,
     Commit,
     HistoryEvent,
+    IndexedEvent,
     VersionEntry,
     VersionSummary,
 )
+from mnist_pipeline.registry.state import AliasState, RegistryState
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.registry.views import flush_shards
-from mnist_pipeline.storage import CountingStorage, Storage, open_storage
+from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.web.app import load_overview
 from tests.registry_helpers import publish_version
+from tests.registry_promoter import promote_like_the_dag
+from tests.storage_helpers import CountingStorage
 
 WHO = "cli:alice"
 RUN = "scheduled__2026-12-01T03:00:00+00:00"
@@ -235,78 +240,33 @@ def test_an_uncontended_commit_writes_at_most_three_objects(tmp_path: Path) -> N
     assert writes <= 3
 
 
-# Kills at random moments of a DAG-like promote, in another process.
-
-_PROMOTER = textwrap.dedent(
-    """
-    import sys, json
-    from pathlib import Path
-    from mnist_pipeline.registry.client import Registry
-    from mnist_pipeline.storage import open_storage
-    from tests.registry_helpers import publish_version
-    from tests.test_registry_log import promote_like_the_dag
-
-    registry = Registry(open_storage(sys.argv[1]))
-    print("ready", flush=True)
-    for i in range(int(sys.argv[3]), int(sys.argv[3]) + 1000):
-        promote_like_the_dag(registry, Path(sys.argv[2]), i)
-        print(i, flush=True)
-    """
-)
-
-
-def promote_like_the_dag(registry: Registry, folders: Path, i: int) -> None:
-    """Run i's promote as the DAG's task does it after judging: publish (idempotent), then its one
-    gate decision (a retry finds it), then the artifacts' promotion record."""
-    run_id = f"manual__{i}"
-    state = registry.state()
-    if state.decision_of(run_id, "dnn") is None:
-        ref = VersionRef("dnn", f"20260101T{i:06d}Z-{i:08x}")
-        if not state.is_published(ref.model, ref.version):
-            ref = publish_version(registry, folders / f"try-{os.getpid()}", i)
-        verdict = Verdict(promote=True, reason=f"run {i} beats the champion", forced=True)
-        event = HistoryEvent(
-            kind="gate",
-            model="dnn",
-            verdict=verdict,
-            promoted=True,
-            run_id=run_id,
-            version=ref.version,
-            forced=True,
-        )
-        pointer = ChampionPointer.for_version(
-            VersionSummary("dnn", ref.version, {}),
-            registry.uri(ref),
-            "2026-12-01T03:00:00Z",
-            verdict.reason,
-            forced=True,
-            run_id=run_id,
-        )
-        ctx = SimpleNamespace(
-            registry=registry,
-            run_id=run_id,
-            challenger=SimpleNamespace(model="dnn"),
-            options=SimpleNamespace(attempt=1),
-        )
-        _commit_decision(ctx, state.number, event, (CHAMPION, pointer))  # type: ignore[arg-type]
-    registry.storage.write_json(f"runs/{i}/promotion.json", {"run_id": run_id})
+# Kills at random moments of a DAG-like promote, in another process (tests/registry_promoter.py).
 
 
 def test_promotes_sigkilled_at_random_moments_and_retried_leave_the_registry_true(tmp_path: Path) -> None:
     root, folders = str(tmp_path / "registry"), tmp_path / "folders"
     rng, kills, start = random.Random(27), 0, 1
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    promoters = subprocess.Popen(
+        [sys.executable, "-m", "tests.registry_promoter", root, str(folders)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert promoters.stdin is not None and promoters.stdout is not None
+    assert promoters.stdout.readline().strip() == b"ready"
     while kills < 50:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _PROMOTER, root, str(folders), str(start)], stdout=subprocess.PIPE, env=env
-        )
-        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+        promoters.stdin.write(f"{start}\n".encode())
+        promoters.stdin.flush()
+        started, pid = promoters.stdout.readline().split()
+        assert started == b"started"
         time.sleep(rng.uniform(0.0, 0.08))
-        child.send_signal(signal.SIGKILL)
-        done = [int(line) for line in child.stdout.read().split() if line.isdigit()]
-        child.wait()
+        os.kill(int(pid), signal.SIGKILL)
+        done = [int(line) for line in iter(promoters.stdout.readline, b"exited\n")]
         kills += 1
         start = (done[-1] + 1) if done else start  # the retry: the run it was on, again
+    promoters.stdin.close()
+    assert promoters.wait(timeout=60) == 0
     registry = Registry(open_storage(root))
     for i in range(1, start + 1):
         promote_like_the_dag(registry, folders, i)  # every run finished by a last retry
@@ -463,9 +423,12 @@ def test_a_view_behind_the_log_is_finished_by_the_next_reader(tmp_path: Path) ->
 
 def test_the_overview_reads_at_most_ten_objects_with_1000_versions_and_1000_events(tmp_path: Path) -> None:
     registry = Registry(open_storage(str(tmp_path / "registry")))
+    # 1000 gate decisions appended to the log alone (through the registry each would rewrite every
+    # view: a minute of seeding), then the versions in one publish, whose commit finds the views
+    # missing and writes them from the log; a first reader completes the history's month. Then no
+    # view disagrees with the log, and the reads counted are those of a registry kept current.
+    state = RegistryState()
     for i in range(1000):
-        entry = VersionEntry("dnn", f"20260101T{i:06d}Z-{i:08x}", 0.9, 0.1)
-        registry.commit(lambda s, e=entry: Commit(0, "publish", "", "test", "seed", versions=[e]))
         event = HistoryEvent(
             kind="gate",
             model="dnn",
@@ -473,11 +436,16 @@ def test_the_overview_reads_at_most_ten_objects_with_1000_versions_and_1000_even
             promoted=False,
             run_id=f"r{i}",
         )
-        registry.commit(
-            lambda s, e=event, i=i: Commit(
-                0, "gate", "", "test", "kept", run_id=f"r{i}", model="dnn", event=e
-            )
+        _, state = commit_log.append(
+            registry.storage,
+            state,
+            lambda s, e=event: Commit(0, "gate", "", "test", "kept", run_id=e.run_id, model="dnn", event=e),
         )
+    entries = [VersionEntry("dnn", f"20260101T{i:06d}Z-{i:08x}", 0.9, 0.1) for i in range(1000)]
+    registry.commit(lambda s: Commit(0, "publish", "", "test", "seed", versions=entries))
+    load_overview(registry, str)
+    report = integrity.verify(registry)
+    assert report.commits == 1001 and report.differences == []
     counting = CountingStorage(registry.storage)
     overview = load_overview(Registry(counting), lambda ref: str(ref))
     assert len(overview["versions"]) == 1000 and overview["history"]
@@ -539,3 +507,289 @@ def test_a_commit_refused_for_a_conflict_writes_nothing(tmp_path: Path) -> None:
     assert sorted(registry.storage.list_keys("")) == files
     with pytest.raises(RegistryError):
         clear_alias(registry, CHAMPION, WHO, "no")
+
+
+# The log's own rules: how a commit and a state are stored, and what becomes of unreadable ones.
+
+T0 = "2026-01-01T00:00:00.000000Z"
+
+
+def _pointer(version: str = "v1") -> ChampionPointer:
+    return ChampionPointer.for_version(VersionSummary("dnn", version, {"accuracy": 0.9}), "uri", T0, "why")
+
+
+def _gate(number: int, run_id: str = "r", **fields: Any) -> Commit:
+    event = HistoryEvent("gate", "dnn", Verdict(False, "kept"), False, run_id=run_id, time=T0)
+    return Commit(number, "gate", T0, "test", "kept", run_id=run_id, model="dnn", event=event, **fields)
+
+
+def _appended(storage: Storage, count: int) -> list[RegistryState]:
+    """`count` gate commits appended to the log alone; the state after each (index 0: empty)."""
+    states = [RegistryState()]
+    for i in range(count):
+        states.append(commit_log.append(storage, states[-1], lambda s, i=i: _gate(0, f"r{i}"))[1])
+    return states
+
+
+def test_a_commit_and_a_state_are_stored_as_canonical_json() -> None:
+    commit = Commit(1, "publish", T0, "test", "seed", versions=[VersionEntry("dnn", "v1", 0.9, 0.1)])
+    data = commit_log.encode_commit(commit)
+    assert (
+        data == json.dumps({"format": 1, **commit.to_dict()}, sort_keys=True, separators=(",", ":")).encode()
+    )
+    assert commit_log.decode_commit(data, 1) == commit
+    state = RegistryState()
+    state.apply(commit)
+    view = state.to_json()
+    assert view == json.dumps(json.loads(view), sort_keys=True, separators=(",", ":")).encode()
+    assert json.loads(view)["format"] == 2 and b'"versions":[{' in view
+
+
+def test_a_commit_that_is_not_what_its_key_says_is_unreadable_naming_the_key() -> None:
+    key = commit_key(3)
+    cases = {
+        b"{": "not valid JSON (",
+        b'{"number": 3}': f"{key} lacks the field 'kind'",
+        commit_log.encode_commit(_gate(7)): "holds commit number 7",
+    }
+    for data, why in cases.items():
+        with pytest.raises(commit_log.UnreadableObject) as unreadable:
+            commit_log.decode_commit(data, 3)
+        assert unreadable.value.key == key and unreadable.value.why.startswith(why)
+        assert str(unreadable.value) == f"{key}: {unreadable.value.why}"
+
+
+def test_only_a_log_key_of_twenty_digits_names_a_commit() -> None:
+    assert commit_log.commit_number(commit_key(12)) == 12
+    assert commit_log.commit_number(commit_log.checkpoint_key(12), commit_log.CHECKPOINTS_PREFIX) == 12
+    for key in (
+        "x" * len(LOG_PREFIX) + "00000000000000000012.json",  # another folder, as long
+        f"{LOG_PREFIX}12.json",
+        f"{LOG_PREFIX}{'a' * 20}.json",
+        f"{LOG_PREFIX}00000000000000000012.txt",
+    ):
+        assert commit_log.commit_number(key) is None, key
+
+
+def test_an_unreadable_or_missing_commit_is_folded_as_nothing_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = open_storage(str(tmp_path / "registry"))
+    full = _appended(storage, 4)[-1]
+    storage.write_bytes(commit_key(2), b"{")
+    why = f"{commit_key(2)}: not valid JSON"
+    with caplog.at_level("WARNING", logger="mnist_pipeline.registry.log"):
+        advanced, applied = commit_log.advance(storage, RegistryState())
+    assert advanced.number == 4 and [commit.number for commit in applied] == [1, 3, 4]
+    assert len(advanced.unreadable) == 1 and advanced.unreadable[0].startswith(why)
+    assert advanced.decisions == {k: v for k, v in full.decisions.items() if v != 2}
+    assert caplog.messages == [f"registry log: {advanced.unreadable[0]}; folding it as nothing"]
+    storage.delete(commit_key(3))
+    replayed = commit_log.replay(storage)
+    assert replayed.number == 4 and replayed.unreadable[1:] == [f"{commit_key(3)}: missing from the log"]
+    assert replayed.unreadable[0].startswith(why) and set(replayed.decisions.values()) == {1, 4}
+
+
+def test_a_commit_gone_while_the_log_is_read_is_named_and_a_replay_can_start_from_a_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = RegistryState()
+    with caplog.at_level("WARNING", logger="mnist_pipeline.registry.log"):
+        problem = commit_log.fold_commit(state, 1, None)
+    why = f"{commit_key(1)}: vanished while the log was read"
+    assert isinstance(problem, commit_log.UnreadableObject) and str(problem) == why
+    assert (state.number, state.unreadable) == (1, [why])
+    assert caplog.messages == [f"registry log: {why}; folding it as nothing"]
+    storage = open_storage(str(tmp_path / "registry"))
+    states = _appended(storage, 3)
+    storage.delete(commit_key(1))
+    storage.delete(commit_key(2))  # a replay from the state of commit 2 never reads them
+    assert commit_log.replay(storage, states[2]).to_json() == states[3].to_json()
+
+
+def test_a_replay_starts_from_the_newest_readable_checkpoint_that_holds_its_own_commit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = open_storage(str(tmp_path / "registry"))
+    states = _appended(storage, 6)
+    for number, data in {
+        2: states[2].to_json(),
+        4: states[4].to_json(),
+        5: states[4].to_json(),
+        6: b"{",
+    }.items():
+        storage.write_bytes(commit_log.checkpoint_key(number), data)
+    for number in range(1, 5):  # a replay from checkpoint 4 reads only commits 5 and 6
+        storage.delete(commit_key(number))
+    with caplog.at_level("WARNING", logger="mnist_pipeline.registry.log"):
+        replayed = commit_log.replay(storage)
+    assert replayed.to_json() == states[6].to_json() and replayed.unreadable == []
+    six, five = commit_log.checkpoint_key(6), commit_log.checkpoint_key(5)
+    assert len(caplog.messages) == 2
+    assert caplog.messages[0].startswith(f"registry checkpoint {six} is unreadable ({six} is not a readable")
+    assert caplog.messages[0].endswith("): using an older one")
+    assert caplog.messages[1] == f"registry checkpoint {five} holds the state of commit 4: using an older one"
+
+
+def test_a_writer_that_always_loses_backs_off_doubling_to_half_a_second_then_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Losing(CountingStorage):
+        def create_if_absent(self, key: str, data: bytes) -> bool:
+            return False
+
+    slept: list[float] = []
+    monkeypatch.setattr(commit_log, "time", SimpleNamespace(sleep=slept.append))
+    random.seed(5)
+    storage = Losing(open_storage(str(tmp_path / "registry")))
+    with pytest.raises(StorageError) as refused:
+        commit_log.append(storage, RegistryState(), lambda s: _gate(0))
+    assert str(refused.value) == (
+        f"{storage.uri(LOG_PREFIX)}: lost the race for the next commit"
+        f" {commit_log.COMMIT_ATTEMPTS} times; gave up"
+    )
+    assert len(slept) == commit_log.COMMIT_ATTEMPTS and slept[0] > 0
+    assert all(0 <= pause <= min(0.5, 0.005 * 2**attempt) for attempt, pause in enumerate(slept))
+    assert max(slept) > 0.4
+
+
+def test_commit_times_follow_commit_numbers_even_after_a_clock_ahead(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "registry"))
+    ahead = RegistryState(number=0, last_time="2999-01-01T00:00:00.000000Z")
+    commit, state = commit_log.append(storage, ahead, lambda s: _gate(0))
+    assert commit is not None and commit.time == commit.event.time == "2999-01-01T00:00:00.000001Z"
+    assert state.last_time == commit.time
+
+
+def _rich_state() -> RegistryState:
+    cleared = Cleared("2026-01-02T00:00:00.000000Z", "retired", "cli:bob", _pointer("v0"))
+    event = HistoryEvent("gate", "dnn", Verdict(True, "ok"), True, run_id="r", version="v1", time=T0)
+    return RegistryState(
+        number=5,
+        last_time="2026-01-03T00:00:00.000000Z",
+        aliases={"champion": AliasState(_pointer(), None, 2), "candidate": AliasState(None, cleared, 4)},
+        versions={("dnn", "v1"): VersionEntry("dnn", "v1", 0.9, 0.1, T0, approval="approved")},
+        decisions={"r\ndnn": 3},
+        answers={"r\ndnn": 4},
+        months={"202601": ["20260101T000000000000Z-000000000003-0"], "202512": ["20251231T0-000000000001-0"]},
+        alias_events={"candidate": ["20260101T000000000000Z-000000000003-0"]},
+        requests={"req-1": 5},
+        recent=[IndexedEvent("20260101T000000000000Z-000000000003-0", event)],
+        unreadable=[f"{commit_key(1)}: not valid JSON"],
+    )
+
+
+def test_every_field_of_a_state_survives_its_view_and_a_copy() -> None:
+    state = _rich_state()
+    assert RegistryState.from_json(state.to_json(), "the view") == state
+    assert state.copy() == state and state.copy() is not state
+    assert state.event_names() == ["20251231T0-000000000001-0", "20260101T000000000000Z-000000000003-0"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"versions": [{"model": 1}]}, "(the view: versions: model must be a string, got 1)"),
+        ({"recent": [{}]}, "(the view: recent lacks the field 'name')"),
+        ({"aliases": {"x": {"moved_by": "1"}}}, "(the view: aliases.x: expected an alias state)"),
+        (
+            {"aliases": {"x": {"moved_by": 1, "pointer": {"model": 2}}}},
+            "(the view: aliases.x: pointer: model",
+        ),
+        (
+            {"aliases": {"x": {"moved_by": 1, "cleared": {"reason": "r"}}}},
+            "(the view: aliases.x: cleared lacks the field 'cleared_at')",
+        ),
+        ({"answers": {"a": -1}}, "(-1 is not a commit number)"),
+        ({"requests": {"a": True}}, "(True is not a commit number)"),
+        ({"decisions": {"a": "3"}}, "('3' is not a commit number)"),
+        ({"number": None}, "(None is not a commit number)"),
+        ({"months": None}, "("),
+    ],
+)
+def test_a_malformed_state_view_is_refused_naming_what_is_wrong(change: dict[str, Any], why: str) -> None:
+    payload = json.loads(_rich_state().to_json()) | change
+    with pytest.raises(RegistryError) as refused:
+        RegistryState.from_json(json.dumps(payload).encode(), "the view")
+    assert str(refused.value).startswith(f"the view is not a readable registry state {why}")
+
+
+def test_a_view_of_another_format_or_no_state_at_all_is_refused() -> None:
+    other_format = (
+        r"^the view is not a readable registry state \(the view is not a registry state of format 2\)$"
+    )
+    for data in (b"[]", json.dumps(json.loads(_rich_state().to_json()) | {"format": 1}).encode()):
+        with pytest.raises(RegistryError, match=other_format):
+            RegistryState.from_json(data, "the view")
+    with pytest.raises(RegistryError, match=r"^the view is not a readable registry state \(Expecting"):
+        RegistryState.from_json(b"{", "the view")
+    assert RegistryState.from_json(_rich_state().to_json(), "v").answers == {"r\ndnn": 4}  # 0 is a number too
+    assert (
+        RegistryState.from_json(json.dumps(json.loads(RegistryState().to_json())).encode(), "v").number == 0
+    )
+
+
+def test_folding_keeps_the_first_entry_of_a_version_and_counts_only_gates_as_decisions() -> None:
+    state = RegistryState()
+    first, again = VersionEntry("dnn", "v1", 0.9, 0.1), VersionEntry("dnn", "v1", 0.5, 0.5)
+    state.apply(Commit(1, "publish", T0, "test", "seed", versions=[first]))
+    state.apply(Commit(2, "publish", T0, "test", "again", versions=[again]))
+    assert state.versions[("dnn", "v1")] is first
+    state.apply(Commit(3, "promote", T0, "test", "by hand", run_id="r", model="dnn"))
+    state.apply(Commit(4, "approval", T0, "test", "yes", run_id="q", model="dnn"))
+    assert state.decisions == {} and state.answer_of("q", "dnn") == 4
+    with pytest.raises(RegistryError, match=r"^commit 7 cannot follow commit 4$"):
+        state.apply(_gate(7))
+
+
+def test_a_decision_moving_the_candidate_is_in_the_candidates_history_under_its_own_name() -> None:
+    state = RegistryState()
+    state.apply(_gate(1, moves=[AliasMove(CANDIDATE, _pointer())]))
+    assert state.alias_events == {CANDIDATE: ["20260101T000000000000Z-000000000001-0"]}
+    assert state.decision_of("r", "dnn") == 1
+
+
+def test_the_state_keeps_the_newest_events_and_where_each_versions_approval_stands() -> None:
+    state = RegistryState()
+    for number in range(1, 67):
+        state.apply(_gate(number, f"r{number}"))
+    assert len(state.recent) == 64 and state.recent[-1].name.endswith("-000000000066-0")
+    assert state.recent[0].name.endswith("-000000000003-0")
+    state.apply(Commit(67, "publish", T0, "test", "seed", versions=[VersionEntry("dnn", "v1", 0.9, 0.1)]))
+
+    def event(number: int, approval: str | None, alias: str | None = None, version: str = "v1") -> Commit:
+        happened = HistoryEvent(
+            "gate",
+            "dnn",
+            Verdict(True, "ok"),
+            False,
+            version=version,
+            time=T0,
+            approval=approval,
+            alias=alias,
+        )
+        return Commit(number, "approval", T0, "test", "ok", event=happened)
+
+    state.apply(event(68, "pending"))
+    state.apply(event(69, None))  # an event without an answer leaves it
+    state.apply(event(70, "approved", alias="staging"))  # another alias's event too
+    state.apply(event(71, "rejected", version="v2"))  # and a version never published
+    assert state.versions[("dnn", "v1")].approval == "pending"
+    state.apply(event(72, "approved"))
+    assert state.versions[("dnn", "v1")].approval == "approved" and ("dnn", "v2") not in state.versions
+
+
+def test_event_names_and_commit_numbers_are_strict() -> None:
+    from mnist_pipeline.registry.state import _integer, compact_time, parse_event_name
+
+    assert compact_time("2026-01-31T12:00:00.123456Z") == "20260131T120000123456Z"
+    assert parse_event_name("20260131T120000123456Z-000000000042-3") == (42, 3)
+    for name in ("a-1", "t-x-1", "t-1-x", "t-1-2-3"):
+        with pytest.raises(
+            RegistryError, match=r"names no history event \(expected <time>-<commit>-<index>\)$"
+        ):
+            parse_event_name(name)
+    assert _integer(0) == 0
+    for value in (-1, True, 1.0):
+        with pytest.raises(ValueError, match=rf"^{value!r} is not a commit number$"):
+            _integer(value)

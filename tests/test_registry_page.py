@@ -4,9 +4,7 @@ TestClient), behind Airflow's authentication, reading a registry on fake-gcs-ser
 from __future__ import annotations
 
 import html as html_module
-import json
 import re
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,10 +24,13 @@ from mnist_pipeline.registry.promotion import PromotionOptions, promote
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
 from mnist_pipeline.registry.store import VersionRef
 from mnist_pipeline.steps import evaluate, ingest, train
-from mnist_pipeline.storage import CountingStorage, GcsStorage, open_storage
+from mnist_pipeline.storage import GcsStorage, open_storage
 from mnist_pipeline.web.app import URL_PREFIX, load_overview, load_version
 from mnist_pipeline.web.charts import accuracy_chart
-from tests.registry_helpers import record_event
+from tests.page_settings import serve_settings
+from tests.ports import free_port
+from tests.registry_helpers import headline, publish_scored_version, record_event
+from tests.storage_helpers import CountingStorage
 
 FLOOR = 0.5  # the first, weak model must become champion so that the second can beat it
 HTML = {"Accept": "text/html"}
@@ -83,10 +84,12 @@ def token(api_app) -> str:
 
 
 @pytest.fixture
-def signed_in(api, token: str) -> Any:
-    """GET a path of the registry page as a signed-in reader, of the registry MNIST_REGISTRY_URI names."""
+def signed_in(api, token: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """GET a path of the registry page as a signed-in reader, of the registry MNIST_REGISTRY_URI names
+    (the page serving the settings the test's environment holds as it asks)."""
 
     def get(path: str, **kwargs: Any) -> Any:
+        serve_settings(monkeypatch)
         return api.get(f"{URL_PREFIX}{path}", cookies={"_token": token}, **kwargs)
 
     return get
@@ -101,7 +104,7 @@ def page(signed_in, registry_uri: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def unreachable_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNIST_REGISTRY_URI", f"gs://mnist-page-{uuid.uuid4().hex[:12]}/registry")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
 
 
 def champion_of(registry_uri: str) -> ChampionPointer | None:
@@ -213,12 +216,6 @@ def test_a_registry_slower_than_the_page_timeout_is_a_503(signed_in, monkeypatch
     assert response.status_code == 503 and "did not answer within 0.5 s" in response.json()["detail"]
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # The accuracy chart and the comparison with the champion, on registries written through the
 # library (no model is trained): three gate decisions of two models, on a local folder.
 
@@ -226,24 +223,6 @@ LINEAR = VersionRef("linear", "20260101T000001Z-00000001")
 DNN = VersionRef("dnn", "20260101T000002Z-00000002")
 HOSTILE_MODEL = "<script>alert(1)</script>"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def headline(accuracy: float) -> dict[str, float]:
-    """A version's test accuracy and loss, as pointers and events quote them."""
-    return {"accuracy": accuracy, "loss": round(1 - accuracy, 4)}
-
-
-def publish_version(registry: Registry, ref: VersionRef, accuracy: float, folders: Path) -> None:
-    """A version with a metrics.json whose recall of digit d is `accuracy` - d/1000."""
-    folder = folders / f"{ref.model}-{ref.version}"
-    folder.mkdir(parents=True)
-    (folder / "model.keras").write_bytes(b"weights")
-    per_class = {
-        str(d): {"precision": accuracy, "recall": accuracy - d / 1000, "support": 1000} for d in range(10)
-    }
-    (folder / "metrics.json").write_text(json.dumps(headline(accuracy) | {"per_class": per_class}))
-    identity = {"data_hash": "d" * 64, "airflow_run_id": f"run-{ref.model}", "trained_at": ref.version[:16]}
-    registry.publish(ref, folder, {"metrics": headline(accuracy), **identity})
 
 
 def gate_decision(
@@ -287,9 +266,9 @@ def crowned(ref: VersionRef, accuracy: float) -> ChampionPointer:
 def three_decisions(root: Path, kept: int = 1, new_data: bool = False) -> Registry:
     """A linear champion (92%), a DNN that beats it (97%), then `kept` linear challengers kept (92.5%)."""
     registry = Registry(open_storage(str(root / "registry")))
-    publish_version(registry, LINEAR, 0.92, root / "folders")
+    publish_scored_version(registry, LINEAR, 0.92, root / "folders")
     record_event(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
-    publish_version(registry, DNN, 0.97, root / "folders")
+    publish_scored_version(registry, DNN, 0.97, root / "folders")
     ours = (0.95, 0.90) if new_data else None
     promoted = gate_decision("dnn", 0.97, (LINEAR, 0.92), DNN.version, ours)
     record_event(registry, promoted, crowned(DNN, 0.97))
@@ -409,7 +388,7 @@ def test_the_champion_page_compares_it_with_the_champion_it_replaced(page_of, tm
 
 def test_the_first_champion_replaced_none(page_of, tmp_path: Path) -> None:
     registry = Registry(open_storage(str(tmp_path / "registry")))
-    publish_version(registry, LINEAR, 0.92, tmp_path / "folders")
+    publish_scored_version(registry, LINEAR, 0.92, tmp_path / "folders")
     record_event(registry, gate_decision("linear", 0.92, version=LINEAR.version), crowned(LINEAR, 0.92))
     html = page_of(registry, f"/versions/{LINEAR}")
     assert "It replaced no champion" in html and 'id="comparison"' not in html
@@ -495,7 +474,7 @@ def asked_and_answered(root: Path) -> Registry:
     bob rejects the first, nobody answers the second, alice approves the third."""
     registry = three_decisions(root, kept=0)
     for index, (ref, answer) in enumerate(zip(CNN, ("rejected", None, "approved"), strict=True)):
-        publish_version(registry, ref, 0.98, root / "folders")
+        publish_scored_version(registry, ref, 0.98, root / "folders")
         gate = gate_decision("cnn", 0.98, (DNN, 0.97), ref.version)
         gate = replace(gate, promoted=False, approval="pending", run_id=f"run-{index}")
         record_event(registry, gate)

@@ -24,6 +24,7 @@ from mnist_pipeline.registry.approval import (
 from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.gate import SliceVerdict, Verdict
 from mnist_pipeline.registry.history import list_events
+from mnist_pipeline.registry.log import commit_key
 from mnist_pipeline.registry.operations import promote_version
 from mnist_pipeline.registry.promotion import APPROVAL_PENDING, PromotionOutcome
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent, VersionSummary
@@ -169,6 +170,7 @@ def test_numbers_taken_by_hand_are_skipped_and_a_cut_short_export_is_completed(r
     assert (resumed.number, resumed.written, resumed.files) == (5, True, [GRAPH])
 
 
+@pytest.mark.slow  # runs the DAG with dag.test()
 def test_the_export_dag_exports_the_current_champion_when_it_first_runs_unpaused(
     airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,3 +355,194 @@ def test_only_a_move_is_released(registry, versions) -> None:
     kept = PromotionOutcome(False, ref.model, Verdict(False, "not better"))
     dry = PromotionOutcome(False, ref.model, verdict, dry_run=True)
     assert released(registry, kept, None, RUN) is None and released(registry, dry, None, RUN) is None
+
+
+# --- approval, word for word and field by field ------------------------------------------------------
+
+
+def waiting(version: str = "20260101T000002Z-00000002", **fields: Any) -> PromotionOutcome:
+    """A candidate's outcome, as `promote` returns it, without a registry behind it."""
+    test = SliceVerdict("mnist_test", 10000, 0.93, 0.91, b=40, c=240, adjusted_p_value=1e-30, better=True)
+    small = SliceVerdict("new_data", 150, 0.98, decides=False)
+    verdict = Verdict(
+        True, "better on mnist_test", slices=[test, small], recall_drops={"7": 0.0123, "3": 0.0, "1": 0.002}
+    )
+    defaults: dict[str, Any] = {
+        "metrics": {"accuracy": 0.93},
+        "previous_champion": VersionSummary("dnn", "20260101T000001Z-00000001", {}),
+        "approval": APPROVAL_PENDING,
+    }
+    return PromotionOutcome(False, "dnn", verdict, version, **(defaults | fields))
+
+
+def test_the_request_reads_word_for_word() -> None:
+    request = approval_request(waiting(forced=True), "run-1", 1.5, "/airflow/")
+    version = "dnn/20260101T000002Z-00000002"
+    page = "/airflow" + VERSION_PAGE.format(model="dnn", version="20260101T000002Z-00000002")
+    assert request.subject == f"Make {version} the MNIST champion?"
+    assert request.body == "\n".join(
+        [
+            f"Run `run-1` asks to make **`{version}`** the champion"
+            " (it replaces `dnn/20260101T000001Z-00000001`).",
+            "",
+            "**Verdict (forced):** better on mnist_test",
+            "",
+            "| slice | images | candidate | champion | McNemar b / c | p (Holm) | decides |",
+            "|---|---:|---:|---:|---:|---:|---|",
+            "| mnist_test | 10000 | 0.9300 | 0.9100 | 40 / 240 | 1e-30 | yes |",
+            "| new_data | 150 | 0.9800 | - | None / None | - | no (too small) |",
+            "",
+            "Recall points lost per digit on mnist_test: 1: 0.20, 7: 1.23",
+            "",
+            f"[Open `{version}` in the Model Registry]({page})",
+            "",
+            "**Approve** moves the champion to it. **Reject**, or no answer within 1.5 h, keeps the champion"
+            " and clears the candidate.",
+        ]
+    )
+
+
+def test_a_first_candidates_request_shows_its_test_accuracy_or_says_it_is_unknown() -> None:
+    first = Verdict(True, "no champion yet", recall_drops={"4": 0.0})
+    outcome = PromotionOutcome(
+        False, "dnn", first, "v1", metrics={"accuracy": 0.93}, approval=APPROVAL_PENDING
+    )
+    body = approval_request(outcome, "run-1", 24).body
+    assert body.startswith(
+        "Run `run-1` asks to make **`dnn/v1`** the champion (it replaces no champion yet).\n\n"
+        "**Verdict:** no champion yet\n\nTest accuracy (mnist_test): 0.9300\n\n"
+        f"[Open `dnn/v1` in the Model Registry]({VERSION_PAGE.format(model='dnn', version='v1')})\n\n"
+    )
+    unknown = PromotionOutcome(False, "dnn", first, "v1", approval=APPROVAL_PENDING)
+    assert "\n\nTest accuracy (mnist_test): unknown\n\n[Open" in approval_request(unknown, "run-1", 24).body
+    prefixed = approval_request(unknown, "run-1", 24, "/proxy/MLX/").body  # the prefix's own letters stay
+    assert f"](/proxy/MLX{VERSION_PAGE.format(model='dnn', version='v1')})" in prefixed
+    with pytest.raises(RegistryError, match=r"^dnn's promotion awaits no approval \(approval: None\)$"):
+        approval_request(waiting(approval=None), "run-1", 24)
+
+
+def test_an_answer_from_airflow_names_the_user_by_name_else_by_id() -> None:
+    named = ApprovalAnswer.from_hitl(
+        {"chosen_options": ["Approve"], "responded_by_user": {"id": "u1", "name": "Alice"}, "responded_at": 5}
+    )
+    assert named == ApprovalAnswer(True, "Alice", False, "5")
+    unnamed = ApprovalAnswer.from_hitl(
+        {"chosen_options": ["Reject"], "responded_by_user": {"id": "u1", "name": ""}}
+    )
+    assert (unnamed.approved, unnamed.user, unnamed.at, unnamed.status) == (False, "u1", None, "rejected")
+    odd = ApprovalAnswer.from_hitl({"chosen_options": ["Approve", "Reject"], "responded_by_user": "alice"})
+    assert (odd.approved, odd.user) == (False, None)
+    timeout = ApprovalAnswer.from_hitl({"timedout": True})
+    assert (timeout.status, timeout.who, timeout.at) == ("timed-out", "nobody (approval timeout)", None)
+
+
+def test_an_approval_commit_and_its_event_say_who_on_which_decision(registry, versions) -> None:
+    crown(registry, versions[0])
+    before = registry.champion()
+    outcome = pending(registry, versions[1])
+    candidate = read_alias(registry, CANDIDATE)
+    decided = registry.state().decision_of(RUN, "dnn")
+    approve_candidate(registry, outcome, answer(True), RUN)
+    state = registry.state()
+    commit = registry.read_commit(state.answer_of(RUN, "dnn"))
+    reason = f"{outcome.verdict.reason}; approved by alice"
+    assert (commit.kind, commit.actor, commit.reason, commit.based_on) == (
+        "approval",
+        "alice",
+        reason,
+        decided,
+    )
+    assert (commit.run_id, commit.model, commit.time) == (RUN, "dnn", commit.event.time)
+    event = commit.event
+    assert (event.trigger, event.metrics, event.forced, event.verdict.promote) == (
+        "alice",
+        outcome.metrics,
+        False,
+        True,
+    )
+    assert event.verdict.reason == reason and event.verdict.slices == outcome.verdict.slices
+    assert event.previous_champion == before.summary()
+    champion = state.champion
+    assert (champion.test_hash, champion.data_hash, champion.forced) == ("t" * 64, "d" * 64, False)
+    assert champion.metrics == outcome.metrics and champion.verdict == reason
+    cleared = state.alias(CANDIDATE).cleared
+    assert (cleared.reason, cleared.cleared_by, cleared.previous) == (
+        "approved: it is the champion now",
+        "alice",
+        candidate,
+    )
+
+
+def test_a_forced_candidate_approved_is_forced_and_one_declined_is_not(registry, versions, tmp_path) -> None:
+    forced = pending(registry, versions[1])
+    forced = PromotionOutcome.from_dict(forced.to_dict() | {"forced": True}, "outcome")
+    approve_candidate(registry, forced, answer(True), RUN)
+    assert list_events(registry)[-1].forced and registry.champion().forced
+    other = pending(registry, versions[0], run_id="run-2")
+    other = PromotionOutcome.from_dict(other.to_dict() | {"forced": True}, "outcome")
+    assert decline_candidate(registry, other, answer(False, "bob"), "run-2").forced is False
+
+
+def test_a_decline_says_who_and_clears_only_the_runs_own_candidate(registry, versions) -> None:
+    crown(registry, versions[0])
+    before = registry.champion()
+    outcome = pending(registry, versions[1])
+    decided = registry.state().decision_of(RUN, "dnn")
+    # Meanwhile someone points the candidate at the same version, for another run.
+    set_alias(registry, CANDIDATE, versions[1], "test:bob", "mine now", run_id="other-run")
+    event = decline_candidate(registry, outcome, answer(False, "bob"), RUN)
+    assert event.run_id == RUN and event.previous_champion == before.summary()
+    assert event.verdict.promote is False and outcome.verdict.promote is True  # declined, though allowed
+    assert event.verdict.reason == f"rejected by bob: the champion stays (gate: {outcome.verdict.reason})"
+    commit = registry.read_commit(registry.state().answer_of(RUN, "dnn"))
+    assert (commit.based_on, commit.actor, commit.moves) == (decided, "bob", [])
+    assert read_alias(registry, CANDIDATE).run_id == "other-run"
+
+
+@pytest.mark.parametrize(
+    ("user", "timed_out", "why"), [("bob", False, "rejected"), (None, True, "timed-out")]
+)
+def test_a_declined_candidate_is_cleared_saying_why_and_by_whom(
+    registry, versions, user, timed_out, why
+) -> None:
+    outcome = pending(registry, versions[1])
+    candidate = read_alias(registry, CANDIDATE)
+    decline_candidate(registry, outcome, answer(False, user, timed_out), RUN)
+    cleared = registry.state().alias(CANDIDATE).cleared
+    assert (cleared.reason, cleared.cleared_by, cleared.previous) == (
+        f"{why}: the champion stays",
+        user or "nobody (approval timeout)",
+        candidate,
+    )
+
+
+def test_an_answer_given_already_is_not_given_again_and_a_lost_one_is_named(registry, versions) -> None:
+    outcome = pending(registry, versions[1])
+    decline_candidate(registry, outcome, answer(False, "bob"), RUN)
+    refused = re.escape(f"run {RUN}'s candidate {versions[1]} was answered already, and not approved")
+    with pytest.raises(RegistryError, match=f"^{refused}$"):
+        approve_candidate(registry, outcome, answer(True), RUN)
+    registry.storage.delete(commit_key(registry.state().answer_of(RUN, "dnn")))
+    with pytest.raises(RegistryError, match=f"^{refused}$"):
+        approve_candidate(registry, outcome, answer(True), RUN)
+    lost = re.escape(f"run {RUN}'s answer on {versions[1]} is unreadable in the registry's log")
+    with pytest.raises(RegistryError, match=f"^{lost}$"):
+        decline_candidate(registry, outcome, answer(False, "bob"), RUN)
+
+
+def test_a_version_published_without_figures_is_approved_without_a_test_hash(registry, tmp_path) -> None:
+    ref = VersionRef("dnn", "20260101T000009Z-00000009")
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(b"keras 9")
+    registry.publish(ref, folder, {"data_hash": "d" * 64})
+    approve_candidate(registry, pending(registry, ref), answer(True), RUN)
+    champion = registry.champion()
+    assert (champion.test_hash, champion.data_hash) == (None, "d" * 64)
+
+
+def test_a_dry_run_or_an_unpromoted_version_is_never_released(registry, versions) -> None:
+    ref, verdict = versions[0], Verdict(True, "floor")
+    dry = PromotionOutcome(True, ref.model, verdict, ref.version, dry_run=True)
+    kept = PromotionOutcome(False, ref.model, verdict, ref.version)
+    assert released(registry, dry, None, RUN) is None and released(registry, kept, None, RUN) is None

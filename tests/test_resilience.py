@@ -31,9 +31,8 @@ def test_the_retry_deadline_comes_from_the_environment() -> None:
 def test_an_outage_longer_than_the_deadline_names_the_object(
     fault_gcs: RestartableGcsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = open_storage(new_bucket_uri("p"))
+    store = open_storage(new_bucket_uri("p"), PipelineSettings(storage_retry_deadline=1))
     store.write_bytes("kept.txt", b"before the outage")
-    monkeypatch.setenv("MNIST_STORAGE_RETRY_DEADLINE", "1")
     fault_gcs.kill()
     try:
         with pytest.raises(
@@ -59,8 +58,8 @@ def test_only_dead_uploads_are_removed(storage_uri: str, monkeypatch: pytest.Mon
     write_version(registry, mine, committed=False)
     # Just written: another process may still be uploading it.
     assert registry.files.remove_stale_uploads(keep=mine) == []
-    monkeypatch.setenv("MNIST_STALE_UPLOAD_SECONDS", "1e-9")
-    assert registry.files.remove_stale_uploads(keep=mine) == [uploading]
+    impatient = Registry(registry.storage, stale_upload_seconds=1e-9)
+    assert impatient.files.remove_stale_uploads(keep=mine) == [uploading]
     assert registry.storage.list_keys(uploading.prefix) == []
     assert registry.files.uploaded() == [done] and registry.storage.exists(f"{mine.prefix}/model.keras")
 

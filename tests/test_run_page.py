@@ -18,6 +18,7 @@ from mnist_pipeline.storage import LocalStorage
 from mnist_pipeline.web.app import URL_PREFIX
 from mnist_pipeline.web.link import LINK_NAME, NAV_ROUTE, RUN_TAB_ROUTE, registry_link
 from mnist_pipeline.web.runs import RunDecisionMissingError, load_run_decision
+from tests.page_settings import serve_settings
 from tests.registry_helpers import record_event
 
 RUN_ID = "manual__2026-11-29T10:00:00+00:00"
@@ -66,6 +67,7 @@ def record_decision(
 def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MNIST_ARTIFACTS_URI", str(tmp_path / "artifacts"))
     monkeypatch.setenv("MNIST_REGISTRY_URI", str(tmp_path / "registry"))
+    serve_settings(monkeypatch)
     return tmp_path / "artifacts"
 
 

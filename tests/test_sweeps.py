@@ -342,6 +342,7 @@ def task_instances(run_id: str) -> dict[tuple[str, int], str | None]:
         }
 
 
+@pytest.mark.slow  # runs the DAG with dag.test()
 def test_a_grid_too_large_fails_the_first_task_at_once_and_nothing_trains(
     airflow_db, dag, local_stores: dict[str, str]
 ) -> None:

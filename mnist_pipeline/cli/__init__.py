@@ -1,12 +1,15 @@
 """`mnist-pipeline`: the DAG's steps and the registry from a terminal, over the same environment.
 
-    mnist-pipeline ingest | train MODEL | evaluate MODEL | promote | summary
+    mnist-pipeline ingest | train MODEL | evaluate MODEL | promote | summary | run | verify MODEL/VERSION
     mnist-pipeline registry list | show [MODEL/VERSION] | history [--limit N] [--since TIME]
     mnist-pipeline registry promote MODEL/VERSION --reason TEXT | rollback | reindex
     mnist-pipeline registry alias set ALIAS MODEL/VERSION --reason TEXT | list
                                   | history ALIAS [--limit N] | clear ALIAS --reason TEXT | rollback ALIAS
 
-Steps of one run share `--run-id` (default `cli`). Bad input exits with status 2 and the error.
+Steps of one run share `--run-id` (default `cli`); `run` runs them all, as one DAG run does. Every
+param of the DAG's trigger form is an option of the same name (`--max-train-images`,
+`--promotion-margin`, `--cnn-epochs`), resolved as a DAG run's params are. Bad input exits with
+status 2 and the error.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mnist_pipeline.config import PipelineSettings, TrainConfig
+from mnist_pipeline.cli.options import add_run_options, given_options
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import MnistPipelineError
-from mnist_pipeline.training.architectures import MODEL_NAMES, MODELS
+from mnist_pipeline.run_options import GLOBAL
+from mnist_pipeline.run_params import RunParams
+from mnist_pipeline.training.architectures import MODEL_NAMES
 
 if TYPE_CHECKING:  # the registry is imported when a registry command runs, not at every start
     from mnist_pipeline.registry.client import Registry
@@ -32,37 +38,21 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-id", default="cli", help="groups the steps of one run (default: cli)")
-    parser.add_argument("--source", help="overrides MNIST_SOURCE")
-    parser.add_argument("--max-train-images", type=int, help="overrides MNIST_MAX_TRAIN_IMAGES")
+    add_run_options(parser, GLOBAL)  # --source, --max-train-images: every step reads them
     steps = parser.add_subparsers(dest="step", required=True)
     steps.add_parser("ingest", help="load, validate and snapshot MNIST")
     train = steps.add_parser("train", help="train one model on the run's snapshot")
     train.add_argument("model", help=f"one of: {', '.join(MODEL_NAMES)}")
-    train.add_argument("--epochs", type=int)
-    train.add_argument(
-        "--batch-size",
-        type=int,
-        help="per replica (default: the model's own; the DNN's halves on a small slice so that an "
-        f"epoch keeps {MODELS['dnn'].config().min_steps_per_epoch} steps)",
-    )
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument(
-        "--precision",
-        default="auto",
-        help="auto (mixed_float16 on GPU, mixed_bfloat16 for the CNN on CPUs with AMX or AVX-512 BF16)"
-        " or a Keras dtype policy",
-    )
-    train.add_argument(
-        "--warm-start",
-        action="store_true",
-        help="start from the champion's weights if it is this architecture",
-    )
+    add_run_options(train, "train")
     steps.add_parser("evaluate", help="evaluate one trained model on the test set").add_argument("model")
     promote = steps.add_parser("promote", help="gate the run's best model and promote it if it wins")
-    promote.add_argument("--force", action="store_true", help="bypass the gate (recorded as forced)")
-    promote.add_argument("--dry-run", action="store_true", help="decide and report; write nothing")
-    promote.add_argument("--margin", type=float, help="accuracy margin to beat (default 0.001)")
+    add_run_options(promote, "promote")
     steps.add_parser("summary", help="print the newest run's results and the champion")
+    run = steps.add_parser("run", help="every step, as one DAG run: ingest, train, select, evaluate, promote")
+    add_run_options(run, "run")
+    steps.add_parser(
+        "verify", help="retrain a published version from its lineage; are the weights bitwise the same?"
+    ).add_argument("version", metavar="MODEL/VERSION", help="or a version name alone, when one model has it")
     _registry_parser(steps.add_parser("registry", help="browse and manage the model registry"))
     return parser
 
@@ -117,14 +107,18 @@ class RegistryMismatch(Exception):
     """`registry verify` found views that disagree with the log: its report, printed, exits 1."""
 
 
+class NotReproduced(RegistryMismatch):
+    """`verify` retrained a version to other weights: its report, printed, exits 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        settings = PipelineSettings.from_env().with_overrides(
-            source=args.source, max_train_images=args.max_train_images
+        run = RunParams.from_params(
+            given_options(args), PipelineSettings.from_env(), trigger=_who(), run_id=args.run_id
         )
-        print(_registry_action(args, settings) if args.step == "registry" else _run_step(args, settings))
+        print(_registry_action(args, run.settings) if args.step == "registry" else _run_step(args, run))
     except RegistryMismatch as mismatch:
         print(mismatch)
         return 1
@@ -134,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
+def _run_step(args: argparse.Namespace, run: RunParams) -> str:
     from mnist_pipeline import steps
     from mnist_pipeline.cli.render import render_summary
     from mnist_pipeline.data.snapshot import SnapshotInfo
@@ -143,21 +137,27 @@ def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
     from mnist_pipeline.training.architectures import get_model_spec
     from mnist_pipeline.training.record import TrainingRecord
 
-    artifacts = open_storage(settings.artifacts_uri)
+    settings = run.settings
+    if args.step == "verify":
+        return _verify(args.version, settings)
+    artifacts = open_storage(settings.artifacts_uri, settings)
     if args.step in ("train", "evaluate"):
         get_model_spec(args.model)  # an unknown name fails before any file is read
     if args.step == "ingest":
         return _json(steps.ingest(settings, args.run_id).to_dict())
     if args.step == "train":
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            precision=args.precision,
-        )
         key = f"{run_key(args.run_id)}/ingest.json"
         snapshot = SnapshotInfo.from_dict(artifacts.read_json(key), artifacts.uri(key))
-        record = steps.train(args.model, snapshot, config, settings, args.run_id, warm_start=args.warm_start)
+        config = run.train_config(args.model)
+        record = steps.train(
+            args.model,
+            snapshot,
+            config,
+            settings,
+            args.run_id,
+            warm_start=run.warm_start,
+            use_cache=run.cache,
+        )
         return _json(record.to_dict())
     if args.step == "evaluate":
         key = f"{model_key(args.run_id, args.model)}/training.json"
@@ -165,16 +165,51 @@ def _run_step(args: argparse.Namespace, settings: PipelineSettings) -> str:
         return _json(steps.evaluate(training, settings).to_dict())
     if args.step == "promote":
         evaluations = steps.run_evaluations(artifacts, args.run_id)
-        return _json(steps.promote(evaluations, settings, args.run_id, _promotion_options(args)).to_dict())
+        return _json(steps.promote(evaluations, settings, args.run_id, run.promotion_options()).to_dict())
+    if args.step == "run":
+        return _json(_whole_run(run))
     return render_summary(artifacts, settings)
 
 
-def _promotion_options(args: argparse.Namespace) -> Any:
-    from mnist_pipeline.registry.gate import GateConfig
-    from mnist_pipeline.registry.promotion import PromotionOptions
+def _verify(version: str, settings: PipelineSettings) -> str:
+    """Retrain the version, print the report: exit 0 reproduced, 1 differs, 2 refused."""
+    from mnist_pipeline.errors import VerificationRefused
+    from mnist_pipeline.registry.verification import DIFFERS, REFUSED
+    from mnist_pipeline.verify import verify_version
 
-    gate = GateConfig() if args.margin is None else GateConfig(margin=args.margin)
-    return PromotionOptions(gate=gate, force=args.force, dry_run=args.dry_run, trigger=_who())
+    verification, where = verify_version(settings, version, _who())
+    report = "\n".join([*verification.report(), f"recorded as {where}"])
+    if verification.outcome == REFUSED:
+        raise VerificationRefused(report)
+    if verification.outcome == DIFFERS:
+        raise NotReproduced(report)
+    return report
+
+
+def _whole_run(run: RunParams) -> dict[str, Any]:
+    """The DAG's tasks in order, in this process: each selected model's trials, the one best on
+    validation evaluated, then the gate. No approval is waited for: a candidate stays published."""
+    from mnist_pipeline import steps
+
+    snapshot = steps.ingest(run.settings, run.run_id)
+    evaluations = []
+    for model in run.models:
+        trainings = [
+            steps.train(
+                model,
+                snapshot,
+                run.train_config(model),
+                run.settings,
+                run.run_id,
+                run.warm_start,
+                trial,
+                use_cache=run.cache,
+            )
+            for trial in run.trials(model)
+        ]
+        chosen = steps.select(model, trainings, run.settings, run.run_id)
+        evaluations.append(steps.evaluate(chosen, run.settings))
+    return steps.promote(evaluations, run.settings, run.run_id, run.promotion_options()).to_dict()
 
 
 def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> str:
@@ -182,9 +217,8 @@ def _registry_action(args: argparse.Namespace, settings: PipelineSettings) -> st
     from mnist_pipeline.registry import operations
     from mnist_pipeline.registry.client import Registry
     from mnist_pipeline.registry.store import parse_ref
-    from mnist_pipeline.storage import open_storage
 
-    registry = Registry(open_storage(settings.registry_uri))
+    registry = Registry.from_settings(settings)
     if args.action == "list":
         return render.render_versions(registry)
     if args.action == "show":

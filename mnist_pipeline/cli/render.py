@@ -10,7 +10,7 @@ from mnist_pipeline.errors import RegistryError, StorageError
 from mnist_pipeline.registry.client import DEFAULT_PAGE_SIZE, Registry
 from mnist_pipeline.registry.records import ChampionPointer, HistoryEvent
 from mnist_pipeline.registry.store import VersionRef
-from mnist_pipeline.storage import Storage, open_storage
+from mnist_pipeline.storage import Storage
 
 __all__ = [
     "latest_promotion",
@@ -44,17 +44,27 @@ def render_summary(artifacts: Storage, settings: PipelineSettings) -> str:
             f"{row['model']:<8} {row['accuracy']:>13.4f} {row['loss']:>9.4f}"
             f" {row['epochs_run']:>6} {row['train_seconds']:>8.1f}"
         )
+    lines += [_reused(row) for row in decision["candidates"] if row.get("reused_from")]
     verdict = "promoted" if decision["promoted"] else "not promoted"
     lines.append(f"challenger {decision['model']}: {verdict} ({decision['verdict']['reason']})")
     if decision.get("why_not_promoted"):  # absent from runs recorded before it existed
         lines.append(f"nothing promoted: {decision['why_not_promoted']}")
-    champion = Registry(open_storage(settings.registry_uri)).champion()
+    champion = Registry.from_settings(settings).champion()
     if champion:
         lines.append(
             f"champion {champion.model}/{champion.version}"
             f" accuracy {champion.metrics['accuracy']:.4f} at {champion.uri}"
         )
     return "\n".join(lines)
+
+
+def _reused(row: dict[str, Any]) -> str:
+    """A model the step cache reused: the run it trained in (its train seconds are that run's)."""
+    origin = row["reused_from"]
+    return (
+        f"{row['model']}: reused from run {origin.get('run_id')}, not trained again (trained there at"
+        f" {origin.get('trained_at')}; cache key {str(origin.get('cache_key'))[:12]})"
+    )
 
 
 def render_versions(registry: Registry) -> str:

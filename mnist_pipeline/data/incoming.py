@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from mnist_pipeline.config import PipelineSettings, settings
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.data.incoming_summary import record_outcomes
 from mnist_pipeline.data.label_check import Champion
 from mnist_pipeline.data.mnist import MnistData, check_images, check_labels
@@ -81,6 +81,7 @@ __all__ = [
     "parse_shard",
     "process_incoming",
     "read_accepted",
+    "shard_limits",
 ]
 
 NEW_DATA_ASSET_NAME = "mnist_new_labelled_data"
@@ -102,12 +103,14 @@ _ENTRY_PROBLEMS = {
 }
 
 
-def parse_shard(raw: bytes, uri: str, limits: NpzLimits | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A shard's (images, labels), read within `limits` (the settings' by default) and validated;
-    every defect raises `DataError` naming the shard."""
-    if limits is None:
-        config = settings()
-        limits = NpzLimits(config.max_shard_bytes, config.max_shard_images)
+def shard_limits(settings: PipelineSettings) -> NpzLimits:
+    """The most bytes and images one shard may hold (`MNIST_MAX_SHARD_BYTES`, `_IMAGES`)."""
+    return NpzLimits(settings.max_shard_bytes, settings.max_shard_images)
+
+
+def parse_shard(raw: bytes, uri: str, limits: NpzLimits) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's (images, labels), read within `limits` (`shard_limits`) and validated; every
+    defect raises `DataError` naming the shard."""
     arrays = read_npz_arrays(raw, ("images", "labels"), uri, limits)
     images, labels = arrays["images"], arrays["labels"]
     check_images(images, "images", uri)
@@ -142,15 +145,20 @@ class ShardReport:
 
 
 def process_incoming(
-    artifacts: Storage, run_id: str, base: MnistData, champion: Champion | None = None
+    artifacts: Storage,
+    run_id: str,
+    base: MnistData,
+    champion: Champion | None = None,
+    settings: PipelineSettings | None = None,
 ) -> ShardReport:
     """Claim, check and place every entry waiting under `incoming/`, judged against `base` (and
-    the labels against `champion`'s predictions, when there is one).
+    the labels against `champion`'s predictions, when there is one), within the limits and claim
+    lease of `settings` (the defaults without them).
 
     Each entry is judged on its own: whatever reading or checking it raises, it is set aside with
     its reason and the others go on, so no entry can jam the queue."""
     report = ShardReport()
-    stage = _Stage(artifacts, run_id, base, settings(), champion)
+    stage = _Stage(artifacts, run_id, base, settings or PipelineSettings(), champion)
     entries = [entry for entry in artifacts.entries(INCOMING) if entry.key != INCOMING]
     for batch in _batches(entries):
         _process_batch(stage, batch, report)
@@ -199,7 +207,7 @@ class _Stage:
     champion: Champion | None = None
 
     def limits(self) -> NpzLimits:
-        return NpzLimits(self.config.max_shard_bytes, self.config.max_shard_images)
+        return shard_limits(self.config)
 
     def claim(self, identity: str) -> bool:
         return _claim(self.artifacts, _claim_key(identity), self.run_id, self.config.claim_lease_seconds)
@@ -437,8 +445,9 @@ def _accept(stage: _Stage, shard: _Taken, verdict: Verdict, report: ShardReport)
 
 
 def _yardstick(stage: _Stage) -> Yardstick:
+    limits = stage.limits()
     known = [
-        KnownShard(shard["shard"], shard.get("source", ""), *read_accepted(stage.artifacts, shard))
+        KnownShard(shard["shard"], shard.get("source", ""), *read_accepted(stage.artifacts, shard, limits))
         for shard in accepted_shards(stage.artifacts)
     ]
     return Yardstick(stage.base, known)
@@ -449,10 +458,12 @@ def accepted_shards(artifacts: Storage) -> list[dict[str, Any]]:
     return [artifacts.read_json(key) for key in artifacts.list_keys(ACCEPTED) if key.endswith(".npz.json")]
 
 
-def read_accepted(artifacts: Storage, shard: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def read_accepted(
+    artifacts: Storage, shard: dict[str, Any], limits: NpzLimits
+) -> tuple[np.ndarray, np.ndarray]:
     """An accepted shard's (images, labels), refused unless its bytes are those accepted."""
     key = f"{ACCEPTED}{shard['shard']}"
-    return parse_shard(read_verified(artifacts, key, shard["sha256"], DataError), artifacts.uri(key))
+    return parse_shard(read_verified(artifacts, key, shard["sha256"], DataError), artifacts.uri(key), limits)
 
 
 def announce_pending(artifacts: Storage, threshold: int) -> dict[str, Any] | None:

@@ -98,15 +98,16 @@ def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def load_mnist(source: str) -> MnistData:
-    """Read and validate MNIST from a `.npz` file or a folder/prefix of the four IDX files."""
-    return read_mnist(source)[0]
+def load_mnist(source: str, keras_home: str = "") -> MnistData:
+    """Read and validate MNIST from a `.npz` file or a folder/prefix of the four IDX files;
+    `keras_home` is where the canonical URL is cached (`sources.read_source_bytes`)."""
+    return read_mnist(source, keras_home)[0]
 
 
-def read_mnist(source: str) -> tuple[MnistData, str | None]:
+def read_mnist(source: str, keras_home: str = "") -> tuple[MnistData, str | None]:
     """`load_mnist` plus the sha256 of the `.npz` file as read (None for an IDX folder)."""
     if source.split("#", 1)[0].endswith(".npz"):
-        raw = read_source_bytes(source)
+        raw = read_source_bytes(source, keras_home)
         return validate_mnist(parse_npz(raw, source), source), sha256_hex(raw)
     return validate_mnist(_load_idx_folder(source), source), None
 

@@ -1,7 +1,8 @@
 """Fetch the raw bytes of a data source: an https:// URL, a gs:// URI or a local path.
 
 Downloads are only accepted over https and only with a known sha256: the canonical Keras URL's
-hash is built in, any other URL carries its own as a `#sha256=<hex>` fragment.
+hash is built in, any other URL carries its own as a `#sha256=<hex>` fragment. The canonical URL
+is downloaded once into Keras' cache and read from there afterwards (`keras_cache`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from mnist_pipeline.config import CANONICAL_MNIST_SHA256, CANONICAL_MNIST_URL
+from mnist_pipeline.data.keras_cache import read_cached_mnist
 from mnist_pipeline.errors import DataError, StorageError
 from mnist_pipeline.hashing import sha256_hex
 
@@ -24,9 +26,15 @@ _DOWNLOAD_TIMEOUT_S = 120
 _SECRET_PARAMETER = re.compile(r"(?i)(token|key|sig|signature|secret|password|credential|auth)")
 
 
-def read_source_bytes(source: str) -> bytes:
-    """The bytes behind `source`; a missing or unverifiable source raises `DataError`."""
+def read_source_bytes(source: str, keras_home: str = "") -> bytes:
+    """The bytes behind `source`; a missing or unverifiable source raises `DataError`.
+
+    The canonical MNIST URL is read through Keras' cache under `keras_home` (the `keras_home`
+    setting; empty: ~/.keras), so that it is downloaded once, not on every run.
+    """
     _refuse_embedded_credentials(source)
+    if source.partition("#")[0] == CANONICAL_MNIST_URL:
+        return read_cached_mnist(keras_home)
     if source.startswith("https://"):
         return _download_verified(source)
     if source.startswith("gs://"):

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.data.incoming import ACCEPTED, accepted_shards, read_accepted
+from mnist_pipeline.data.incoming import ACCEPTED, accepted_shards, read_accepted, shard_limits
 from mnist_pipeline.data.mnist import MnistData, read_mnist
+from mnist_pipeline.data.npz import NpzLimits
 from mnist_pipeline.data.slices import held_out_mask
 from mnist_pipeline.storage import Storage
 
@@ -26,7 +27,7 @@ def build_training_set(
     settings: PipelineSettings, artifacts: Storage
 ) -> tuple[MnistData, list[dict[str, Any]]]:
     """(data, manifest sources): base MNIST (optionally cut to `max_train_images`) + shards."""
-    full, digest = read_mnist(settings.source)
+    full, digest = read_mnist(settings.source, settings.keras_home)
     base = full.head(settings.max_train_images)
     sources = [
         {
@@ -39,7 +40,7 @@ def build_training_set(
     ]
     parts = []
     for shard in accepted_shards(artifacts):
-        train_part, held_out = _split_shard(artifacts, shard)
+        train_part, held_out = _split_shard(artifacts, shard, shard_limits(settings))
         parts.append((train_part, held_out))
         sources.append(
             {
@@ -62,7 +63,7 @@ def build_training_set(
     ), sources
 
 
-def _split_shard(artifacts: Storage, shard: dict[str, Any]) -> tuple[tuple, tuple]:
-    images, labels = read_accepted(artifacts, shard)
+def _split_shard(artifacts: Storage, shard: dict[str, Any], limits: NpzLimits) -> tuple[tuple, tuple]:
+    images, labels = read_accepted(artifacts, shard, limits)
     held = held_out_mask(images)
     return (images[~held], labels[~held]), (images[held], labels[held])

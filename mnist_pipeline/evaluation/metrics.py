@@ -17,14 +17,22 @@ __all__ = [
     "labels_from_npy",
     "labels_npy",
     "metrics_from_probabilities",
+    "predict",
     "predict_probabilities",
 ]
 
 _EPSILON = 1e-7  # clips probabilities like Keras' crossentropy does
 
 
+def predict(model: keras.Model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """`model`'s outputs for `images` as Keras gives them, without its progress bar."""
+    # Keras leaves `verbose` unannotated, so its default "auto" reads as str; 0 is one of its values.
+    outputs = model.predict(images, batch_size=batch_size, verbose=0)  # pyright: ignore[reportArgumentType]
+    return np.asarray(outputs)
+
+
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return np.asarray(predict(model, images, batch_size), dtype=np.float64)
 
 
 def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -194,6 +194,7 @@ def _lineage_section(metadata: dict[str, Any], training: dict[str, Any]) -> str:
             f"- trained at: {metadata.get('trained_at')}, {training.get('epochs_run')} epochs, "
             f"{training.get('train_seconds')} s on {', '.join(training.get('devices') or ['?'])}",
             f"- weights: {training.get('initialization', 'cold start')}",
+            *_reuse_lines(training),
             f"- model.keras sha256: `{training.get('model_sha256')}`",
             f"- manifest hash: `{metadata.get('manifest_hash') or 'not recorded'}`",
             f"- model settings: `{metadata.get('params', {}).get('model')}`",
@@ -201,6 +202,21 @@ def _lineage_section(metadata: dict[str, Any], training: dict[str, Any]) -> str:
             f"- libraries: {_libraries(metadata.get('library_versions') or {})}",
         ]
     )
+
+
+def _reuse_lines(training: dict[str, Any]) -> list[str]:
+    """Where the step cache took the model from, and the training code's hash, when recorded."""
+    lines = []
+    origin = training.get("reused_from")
+    if origin:
+        lines.append(
+            f"- reused from run `{origin.get('run_id')}`, where it trained at {origin.get('trained_at')}"
+            f" (step cache key `{str(origin.get('cache_key'))[:12]}`): not trained again in this run"
+        )
+    code = (training.get("environment") or {}).get("code_hash")
+    if code:
+        lines.append(f"- training code sha256: `{code}`")
+    return lines
 
 
 def _libraries(versions: dict[str, str]) -> str:

@@ -10,6 +10,8 @@ from mnist_pipeline.trials import TrialSummary
 
 __all__ = ["EvaluationRecord"]
 
+_OMITTED_EMPTY = ("trial", "trials", "reused_from")
+
 
 @dataclass(frozen=True)
 class EvaluationRecord(Record):
@@ -28,11 +30,15 @@ class EvaluationRecord(Record):
     new_data_hash: str | None = None  # that slice's hash; None while no new data has landed
     trial: TrialSummary | None = None  # the sweep's trial that won on validation (None: no sweep)
     trials: list[TrialSummary] = field(default_factory=list)  # every trial of the model's sweep
+    # The training was reused from an earlier run (the step cache): {run_id, model_uri, cache_key,
+    # trained_at}, as the training record has it.
+    reused_from: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON; outside a sweep without the sweep's fields, exactly as before sweeps existed."""
+        """As JSON; without the sweep's and the cache's fields where they are empty, exactly as
+        before sweeps and the cache existed."""
         payload = super().to_dict()
-        return {key: value for key, value in payload.items() if value or key not in ("trial", "trials")}
+        return {key: value for key, value in payload.items() if value or key not in _OMITTED_EMPTY}
 
     @property
     def rank(self) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.records import is_json_object
 from mnist_pipeline.registry.client import Registry, moved_since
 from mnist_pipeline.registry.gate import Verdict
 from mnist_pipeline.registry.records import (
@@ -53,7 +54,7 @@ _ALIAS_RULE = "a lowercase letter, then up to 39 lowercase letters, digits or '-
 _Make = Callable[[AliasState], tuple[AliasMove, HistoryEvent] | None]
 
 
-def validate_alias(name: str) -> str:
+def validate_alias(name: object) -> str:
     """`name` if it may name an alias; otherwise a `RegistryError` naming it and the rule."""
     if not isinstance(name, str) or not _ALIAS_PATTERN.fullmatch(name):
         raise RegistryError(f"alias {name!r} is not allowed: an alias is {_ALIAS_RULE}")
@@ -262,7 +263,7 @@ def _measured(registry: Registry, ref: VersionRef, metadata: dict[str, Any]) -> 
     if "metrics.json" not in metadata.get("files_sha256", {}):
         return {}
     measured = json.loads(registry.verified_file(ref, "metrics.json"))
-    return measured if isinstance(measured, dict) else {}
+    return measured if is_json_object(measured) else {}
 
 
 def _event(

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.records import Record
+from mnist_pipeline.records import Record, is_json_object
 from mnist_pipeline.registry.aliases import CANDIDATE
 from mnist_pipeline.registry.client import Registry, moved_since
 from mnist_pipeline.registry.gate import SliceVerdict
@@ -81,12 +81,13 @@ class ApprovalAnswer(Record):
     def from_hitl(cls, response: Mapping[str, Any]) -> ApprovalAnswer:
         """From the result of Airflow's approval operator: its chosen option, the responding user
         ({id, name}; None when the timeout chose the default) and the time of the answer."""
-        chosen = response.get("chosen_options") or []
-        user = response.get("responded_by_user") or {}
+        chosen: list[Any] = response.get("chosen_options") or []
+        responder: object = response.get("responded_by_user") or {}
+        user = cast(Mapping[str, Any], responder) if isinstance(responder, Mapping) else None
         at = response.get("responded_at")
         return cls(
             approved=list(chosen) == [APPROVE_OPTION],
-            user=(user.get("name") or user.get("id")) if isinstance(user, Mapping) else None,
+            user=None if user is None else (user.get("name") or user.get("id")),
             timed_out=bool(response.get("timedout")),
             at=None if at is None else str(at),
         )
@@ -260,7 +261,8 @@ def _approved_pointer(
     registry: Registry, ref: VersionRef, outcome: PromotionOutcome, answer: ApprovalAnswer, run_id: str
 ) -> ChampionPointer:
     metadata = registry.metadata(ref)
-    measured = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+    metrics = metadata.get("metrics")
+    measured: dict[str, Any] = metrics if is_json_object(metrics) else {}
     return ChampionPointer.for_version(
         VersionSummary(ref.model, ref.version, dict(outcome.metrics or {})),
         registry.uri(ref),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import ConflictError, RegistryError
 from mnist_pipeline.registry.log import (
     Draft,
@@ -36,7 +37,7 @@ from mnist_pipeline.registry.views import (
     read_state_view,
     write_views,
 )
-from mnist_pipeline.storage import Storage
+from mnist_pipeline.storage import Storage, open_storage
 
 __all__ = ["DEFAULT_PAGE_SIZE", "HistoryPage", "Registry", "moved_since"]
 
@@ -54,9 +55,19 @@ class HistoryPage:
 
 
 class Registry:
-    def __init__(self, storage: Storage) -> None:
+    """`stale_upload_seconds`: an uncommitted upload older than this is a dead publish's, which the
+    next publish removes."""
+
+    def __init__(
+        self, storage: Storage, stale_upload_seconds: float = PipelineSettings.stale_upload_seconds
+    ) -> None:
         self.storage = storage
-        self.files = VersionStore(storage)
+        self.files = VersionStore(storage, stale_upload_seconds)
+
+    @classmethod
+    def from_settings(cls, settings: PipelineSettings) -> Registry:
+        """The registry at `settings.registry_uri`, reached and kept as the settings say."""
+        return cls(open_storage(settings.registry_uri, settings), settings.stale_upload_seconds)
 
     # The state of the log.
 

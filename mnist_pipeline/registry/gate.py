@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 
@@ -56,14 +57,9 @@ class GateConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"gate {name} must be in [0.0, 1.0), got {value!r}")
-        if (
-            isinstance(self.min_slice_images, bool)
-            or not isinstance(self.min_slice_images, int)
-            or (self.min_slice_images < 1)
-        ):
-            raise ConfigError(
-                f"gate min_slice_images must be a positive integer, got {self.min_slice_images!r}"
-            )
+        images = cast(object, self.min_slice_images)  # checked as it came, from JSON or the CLI
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+            raise ConfigError(f"gate min_slice_images must be a positive integer, got {images!r}")
 
     def margin_of(self, slice_name: str) -> float:
         return self.new_data_margin if slice_name == NEW_DATA else self.margin
@@ -132,9 +128,9 @@ class Verdict(Record):
     forced: bool = False
     blocked: str | None = None  # why publication stopped a promotion the gate allowed
     rule: str = ""  # the rule that decided: floor, better, not-better, non-inferiority, recall, forced
-    slices: list[SliceVerdict] = field(default_factory=list)
+    slices: list[SliceVerdict] = field(default_factory=list[SliceVerdict])
     # digit -> recall lost on mnist_test, as a fraction of its images (0.216: 21.6 percentage points)
-    recall_drops: dict[str, float] = field(default_factory=dict)
+    recall_drops: dict[str, float] = field(default_factory=dict[str, float])
 
     def overridden(self) -> Verdict:
         """This verdict forced to promote, keeping what the gate said."""
@@ -215,9 +211,9 @@ def _paired(slices: list[Slice], config: GateConfig) -> list[SliceVerdict]:
     raw = [_slice_figures(piece, config) for piece in slices if piece.champion is not None]
     deciding = [i for i, verdict in enumerate(raw) if verdict.decides]
     # A p-value of 0.0 is real: an overwhelming difference underflows the float (2 / 2**2000).
-    p_values = [1.0 if raw[i].p_value is None else raw[i].p_value for i in deciding]
+    p_values = [1.0 if (p := raw[i].p_value) is None else p for i in deciding]
     adjusted = dict(zip(deciding, holm(p_values), strict=True))
-    judged = []
+    judged: list[SliceVerdict] = []
     for i, verdict in enumerate(raw):
         p = adjusted.get(i)
         gain = verdict.gain
@@ -249,7 +245,7 @@ def _slice_figures(piece: Slice, config: GateConfig) -> SliceVerdict:
 def _recall_drops(test: Slice) -> dict[str, float]:
     """Recall points each digit loses on mnist_test, challenger against champion (gains are 0)."""
     assert test.champion is not None
-    drops = {}
+    drops: dict[str, float] = {}
     for digit in range(_DIGITS):
         mask = test.labels == digit
         if mask.any():

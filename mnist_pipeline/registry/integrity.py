@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mnist_pipeline.errors import MnistPipelineError
+from mnist_pipeline.records import is_json_list, is_json_object
 from mnist_pipeline.registry.client import Registry
 from mnist_pipeline.registry.layout import (
     ALIASES_PREFIX,
@@ -46,10 +47,10 @@ class IntegrityReport:
     a repair set aside and rewrote."""
 
     commits: int = 0
-    differences: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    set_aside: list[str] = field(default_factory=list)
-    rewritten: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list[str])
+    unreadable: list[str] = field(default_factory=list[str])
+    set_aside: list[str] = field(default_factory=list[str])
+    rewritten: list[str] = field(default_factory=list[str])
 
     @property
     def ok(self) -> bool:
@@ -125,7 +126,9 @@ def _expected(registry: Registry) -> _Expected:
     keys = storage.list_keys(LOG_PREFIX)
     numbers = sorted(n for n in (commit_number(key) for key in keys) if n is not None)
     checkpoints = {n for n in (commit_number(key, CHECKPOINTS_PREFIX) for key in keys) if n is not None}
-    state, views, unreadable = RegistryState(), {}, {}
+    state = RegistryState()
+    views: dict[str, bytes] = {}
+    unreadable: dict[str, str] = {}
     events: dict[str, IndexedEvent] = {}
     every = list(range(1, (numbers[-1] if numbers else 0) + 1))
     for number, data in zip(every, read_commits(storage, every), strict=True):
@@ -150,7 +153,7 @@ def _expected(registry: Registry) -> _Expected:
 
 
 def _unreadable_metadata(registry: Registry, state: RegistryState) -> dict[str, str]:
-    found = {}
+    found: dict[str, str] = {}
     for model, version in sorted(state.versions):
         ref = VersionRef(model, version)
         try:
@@ -176,10 +179,10 @@ def _disagreement(registry: Registry, key: str, wanted: bytes, recent: set[str])
 def _shard_disagreement(stored: Any, expected: dict[str, Any], recent: set[str]) -> str | None:
     """A shard agrees when every event it holds is the log's, and it lacks only events the state
     still holds among its newest (they are written into the shard later)."""
-    if not isinstance(stored, dict) or not isinstance(stored.get("events"), list):
+    if not is_json_object(stored) or not is_json_list(stored.get("events")):
         return "unreadable"
     wanted = {item["name"]: item for item in expected["events"]}
-    held = {item.get("name"): item for item in stored["events"] if isinstance(item, dict)}
+    held = {item.get("name"): item for item in stored["events"] if is_json_object(item)}
     if any(wanted.get(name) != item for name, item in held.items()):
         return "differs from the log"
     lacking = set(wanted) - set(held) - recent
@@ -203,7 +206,7 @@ def _set_aside(registry: Registry, key: str, why: str, folder: str, report: Inte
 
 def _quarantined(registry: Registry) -> set[str]:
     """The registry keys that a repair has set aside (any time)."""
-    found = set()
+    found: set[str] = set()
     for key in registry.storage.list_keys(QUARANTINE_PREFIX):
         rest = key[len(QUARANTINE_PREFIX) :].split("/", 1)
         if len(rest) == 2:

@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mnist_pipeline.errors import MnistPipelineError, StorageError
+from mnist_pipeline.records import is_json_object
 from mnist_pipeline.registry.layout import (
     ALIASES_PREFIX,
     CHAMPION_KEY,
@@ -78,7 +79,7 @@ def _has_log_version(data: bytes) -> bool:
 
 def _legacy_moves(registry: Registry, champion_data: bytes | None, set_aside: list[str]) -> list[AliasMove]:
     storage = registry.storage
-    moves = []
+    moves: list[AliasMove] = []
     if champion_data is not None:
         try:
             pointer = parse_pointer_view(champion_data, storage.uri(CHAMPION_KEY))
@@ -102,13 +103,13 @@ def _alias_move(alias: str, data: bytes, where: str) -> AliasMove:
         payload = json.loads(data)
     except ValueError as exc:
         raise StorageError(f"{where} is not valid JSON ({exc})") from None
-    if isinstance(payload, dict) and "cleared_at" in payload:
+    if is_json_object(payload) and "cleared_at" in payload:
         return AliasMove(alias, cleared=Cleared.from_dict(payload, where))
     return AliasMove(alias, parse_pointer_view(data, where))
 
 
 def _legacy_versions(registry: Registry, set_aside: list[str]) -> list[VersionEntry]:
-    entries = []
+    entries: list[VersionEntry] = []
     for ref in registry.files.uploaded():
         try:
             entries.append(VersionEntry.of(ref.model, ref.version, registry.files.metadata(ref)))
@@ -126,7 +127,7 @@ def _legacy_events(registry: Registry, set_aside: list[str]) -> list[HistoryEven
         for key in storage.list_keys(prefix)
         if key.endswith(".json")
     ]
-    events = []
+    events: list[HistoryEvent] = []
     for key in keys:
         try:
             events.append(HistoryEvent.from_dict(storage.read_json(key), storage.uri(key)))

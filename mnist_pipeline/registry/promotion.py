@@ -65,7 +65,7 @@ class PromotionOptions:
     force: bool = False  # bypass the gate (recorded as forced)
     dry_run: bool = False  # decide and report, write nothing to the registry
     trigger: str = "manual"  # who or what started the run: scheduled, manual, asset_triggered, cli...
-    run_conf: dict[str, Any] = field(default_factory=dict)  # the run's parameters, for lineage
+    run_conf: dict[str, Any] = field(default_factory=dict[str, Any])  # the run's parameters, for lineage
     approval: bool = False  # a person approves the move: publish it as the candidate, move nothing
     attempt: int | None = None  # the task's try, recorded in its commit
 
@@ -109,7 +109,8 @@ class _Context:
     data: MnistData
     run_id: str
     options: PromotionOptions
-    champion_models: dict[VersionRef, Any] = field(default_factory=dict)  # loaded once per promotion
+    # Loaded once per promotion.
+    champion_models: dict[VersionRef, Any] = field(default_factory=dict[VersionRef, Any])
 
 
 def promote(
@@ -120,8 +121,8 @@ def promote(
 ) -> PromotionOutcome:
     options = options or PromotionOptions()
     challenger = pick_challenger(evaluations)
-    registry = Registry(open_storage(settings.registry_uri))
-    artifacts = open_storage(settings.artifacts_uri)
+    registry = Registry.from_settings(settings)
+    artifacts = open_storage(settings.artifacts_uri, settings)
     state = registry.state()
     decided = state.decision_of(run_id, challenger.model)
     if decided is not None and not options.dry_run:

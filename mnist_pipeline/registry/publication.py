@@ -15,6 +15,7 @@ from typing import Any
 
 from mnist_pipeline.data.mnist import MnistData
 from mnist_pipeline.data.snapshot import read_manifest
+from mnist_pipeline.evaluation.metrics import predict
 from mnist_pipeline.evaluation.model_card import MODEL_CARD_FILE, render_model_card
 from mnist_pipeline.evaluation.record import EvaluationRecord
 from mnist_pipeline.evaluation.reports import REPORT_DIR
@@ -102,7 +103,7 @@ def _check_staged_serving(staged: Path, data: MnistData) -> None:
     """The exported SavedModel must serve what the Keras model predicts, in a clean process."""
     model = load_model_bytes((staged / "model.keras").read_bytes())
     probe = data.x_test[:PROBE_IMAGES]
-    check_serving(staged / "saved_model", probe, model.predict(probe, verbose=0))
+    check_serving(staged / "saved_model", probe, predict(model, probe))
 
 
 def _metadata(training: TrainingRecord, artifacts: Storage) -> dict[str, Any]:
@@ -122,7 +123,23 @@ def _metadata(training: TrainingRecord, artifacts: Storage) -> dict[str, Any]:
             "precision": training.precision,
         },
         "library_versions": _library_versions(),
-    } | _sweep_metadata(training)
+    } | _optional_metadata(training)
+
+
+def _optional_metadata(training: TrainingRecord) -> dict[str, Any]:
+    return _sweep_metadata(training) | _cache_metadata(training)
+
+
+def _cache_metadata(training: TrainingRecord) -> dict[str, Any]:
+    """The training's cache key and environment (code hash, libraries, device), which `verify`
+    compares a retraining with, and the run it was reused from when the step cache reused it (not
+    trained in `airflow_run_id`); nothing for a training recorded before the cache."""
+    facts = {
+        "training_key": training.cache_key,
+        "environment": training.environment.to_dict() if training.environment else None,
+        "reused_from": training.reused_from,
+    }
+    return {name: value for name, value in facts.items() if value}
 
 
 def _sweep_metadata(training: TrainingRecord) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mnist_pipeline.records import Record
+from mnist_pipeline.records import Record, is_json_object
 from mnist_pipeline.registry.gate import Verdict
 
 __all__ = [
@@ -196,7 +196,9 @@ class VersionEntry(Record):
 
     @classmethod
     def of(cls, model: str, version: str, metadata: dict[str, Any]) -> VersionEntry:
-        metrics = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+        metrics = metadata.get("metrics")
+        if not is_json_object(metrics):
+            metrics = {}
         trained_at = metadata.get("trained_at")
         return cls(
             model,
@@ -254,10 +256,10 @@ class Commit(Record):
     model: str | None = None
     request_id: str | None = None  # the caller's idempotency key: a retry finds its commit by it
     event: HistoryEvent | None = None
-    moves: list[AliasMove] = field(default_factory=list)
-    versions: list[VersionEntry] = field(default_factory=list)
-    migrated: list[HistoryEvent] = field(default_factory=list)
-    set_aside: list[str] = field(default_factory=list)  # a migration's unreadable objects, with why
+    moves: list[AliasMove] = field(default_factory=list[AliasMove])
+    versions: list[VersionEntry] = field(default_factory=list[VersionEntry])
+    migrated: list[HistoryEvent] = field(default_factory=list[HistoryEvent])
+    set_aside: list[str] = field(default_factory=list[str])  # a migration's unreadable objects, with why
 
     def events(self) -> list[HistoryEvent]:
         """The history events this commit adds, in order."""

@@ -78,7 +78,7 @@ class ExportOutcome(Record):
     number: int | None = None
     path: str | None = None  # the <n>/ folder's URI
     note: str = ""
-    files: list[str] = field(default_factory=list)  # written by this export
+    files: list[str] = field(default_factory=list[str])  # written by this export
 
 
 def export_release(registry: Registry, release: Release | None) -> ExportOutcome:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mnist_pipeline.errors import MnistPipelineError, RegistryError
+from mnist_pipeline.records import is_json_object
 from mnist_pipeline.registry.records import (
     ChampionPointer,
     Cleared,
@@ -71,7 +72,7 @@ class AliasState:
 
     @classmethod
     def from_dict(cls, payload: Any, what: str) -> AliasState:
-        if not isinstance(payload, dict) or not isinstance(payload.get("moved_by"), int):
+        if not is_json_object(payload) or not isinstance(payload.get("moved_by"), int):
             raise RegistryError(f"{what}: expected an alias state")
         pointer, cleared = payload.get("pointer"), payload.get("cleared")
         return cls(
@@ -91,15 +92,16 @@ class RegistryState:
 
     number: int = 0
     last_time: str = ""
-    aliases: dict[str, AliasState] = field(default_factory=dict)
-    versions: dict[tuple[str, str], VersionEntry] = field(default_factory=dict)
-    decisions: dict[str, int] = field(default_factory=dict)  # run and model -> its gate commit
-    answers: dict[str, int] = field(default_factory=dict)  # run and model -> its approval commit
-    months: dict[str, list[str]] = field(default_factory=dict)  # YYYYMM -> event names, oldest first
-    alias_events: dict[str, list[str]] = field(default_factory=dict)  # alias -> its events' names
-    requests: dict[str, int] = field(default_factory=dict)  # a commit's request id -> its number
-    recent: list[IndexedEvent] = field(default_factory=list)  # the newest events, oldest first
-    unreadable: list[str] = field(default_factory=list)  # commits folded as nothing: key and why
+    aliases: dict[str, AliasState] = field(default_factory=dict[str, AliasState])
+    versions: dict[tuple[str, str], VersionEntry] = field(default_factory=dict[tuple[str, str], VersionEntry])
+    decisions: dict[str, int] = field(default_factory=dict[str, int])  # run and model -> its gate commit
+    answers: dict[str, int] = field(default_factory=dict[str, int])  # run and model -> its approval commit
+    # YYYYMM -> event names, oldest first
+    months: dict[str, list[str]] = field(default_factory=dict[str, list[str]])
+    alias_events: dict[str, list[str]] = field(default_factory=dict[str, list[str]])  # alias -> its events
+    requests: dict[str, int] = field(default_factory=dict[str, int])  # a commit's request id -> its number
+    recent: list[IndexedEvent] = field(default_factory=list[IndexedEvent])  # the newest events, oldest first
+    unreadable: list[str] = field(default_factory=list[str])  # commits folded as nothing: key and why
 
     # Reading.
 
@@ -209,7 +211,7 @@ class RegistryState:
         """A serialized state; anything malformed raises `RegistryError` naming `what`."""
         try:
             payload = json.loads(data)
-            if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            if not is_json_object(payload) or payload.get("format") != STATE_FORMAT:
                 raise RegistryError(f"{what} is not a registry state of format {STATE_FORMAT}")
             return cls._parsed(payload, what)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_pipeline.config import settings
+from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.evaluation.metrics import labels_from_npy
 from mnist_pipeline.hashing import read_verified, sha256_hex
@@ -62,8 +62,11 @@ class VersionStore:
     """The files of published versions under `mnist/models/`: uploads, metadata and verified reads.
     Whether a version is published is the log's to say (`client.Registry`), not this store's."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, stale_upload_seconds: float = PipelineSettings.stale_upload_seconds
+    ) -> None:
         self.storage = storage
+        self.stale_upload_seconds = stale_upload_seconds
 
     def uri(self, ref: VersionRef) -> str:
         return self.storage.uri(ref.prefix)
@@ -90,8 +93,9 @@ class VersionStore:
         self, keep: VersionRef, published: set[VersionRef] | None = None
     ) -> list[VersionRef]:
         """Delete versions without their metadata.json whose newest file is older than
-        `MNIST_STALE_UPLOAD_SECONDS`: what an upload killed midway left. Younger ones may still
-        be uploading in another process, and `keep` is about to be rewritten anyway."""
+        `stale_upload_seconds` (`MNIST_STALE_UPLOAD_SECONDS`): what an upload killed midway left.
+        Younger ones may still be uploading in another process, and `keep` is about to be
+        rewritten anyway."""
         newest: dict[VersionRef, float] = {}
         committed: set[VersionRef] = set(published or ())
         for key, modified in self.storage.modified_times(MODELS_PREFIX).items():
@@ -101,7 +105,7 @@ class VersionStore:
             newest[ref] = max(newest.get(ref, 0.0), modified)
             if key == f"{ref.prefix}/{METADATA_FILE}":
                 committed.add(ref)
-        cutoff = time.time() - settings().stale_upload_seconds
+        cutoff = time.time() - self.stale_upload_seconds
         stale = [ref for ref, at in newest.items() if ref not in committed and ref != keep and at < cutoff]
         for ref in stale:
             log.warning("removing %s: an upload that never committed (no %s)", self.uri(ref), METADATA_FILE)

@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_pipeline.records import Record
+from mnist_pipeline.training.cache_key import TrainingEnvironment
 from mnist_pipeline.trials import TrialResult, TrialSummary
 
 __all__ = ["TrainingRecord"]
+
+_OMITTED_EMPTY = ("trial", "trials", "cache_key", "environment", "reused_from")
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,17 @@ class TrainingRecord(Record):
     trial: TrialResult | None = None
     # The winner of a sweep carries every trial of its model, as `select` chose among them.
     trials: list[TrialSummary] = field(default_factory=list)
+    cache_key: str | None = None  # the step cache's key of this training (`training.cache_key`)
+    environment: TrainingEnvironment | None = None  # the code's hash, library versions, device
+    # Not trained in this run: the step cache's earlier training {run_id, model_uri, cache_key,
+    # trained_at} whose model this is (`mnist_pipeline.cache`).
+    reused_from: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON; outside a sweep without the sweep's fields, exactly as before sweeps existed."""
+        """As JSON; without the sweep's and the cache's fields where they are empty, exactly as
+        before sweeps and the cache existed."""
         payload = super().to_dict()
-        return {key: value for key, value in payload.items() if value or key not in ("trial", "trials")}
+        return {key: value for key, value in payload.items() if value or key not in _OMITTED_EMPTY}
 
     @property
     def seed(self) -> int:

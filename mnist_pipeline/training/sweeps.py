@@ -79,6 +79,12 @@ class Trial(Record):
         model's own, as ever, without one."""
         return trial_key(run_id, self.model, self.index) if self.swept else model_key(run_id, self.model)
 
+    @property
+    def label(self) -> str:
+        """Its name in a list of trials (the UI's mapped task): `trial 1: learning_rate=0.001`."""
+        shown = ", ".join(f"{name}={value}" for name, value in self.settings.items())
+        return f"trial {self.index}: {shown or 'model defaults'}"
+
     def configs(self, train_config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         """The run's `train_config` with the trial's epochs / batch size / learning rate, and the
         other model settings it overrides (lists as the tuples model configs hold)."""

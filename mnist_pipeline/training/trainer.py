@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -41,6 +40,7 @@ __all__ = [
     "resolve_model_config",
     "resolve_precision",
     "train_model",
+    "use_op_determinism",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,12 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
 
 
-def resolve_precision(requested: str, model_config: ModelConfig | None = None) -> str:
+def resolve_precision(
+    requested: str, model_config: ModelConfig | None = None, onednn_env: Mapping[str, str] | None = None
+) -> str:
     """The Keras dtype policy for `requested`; "auto" is mixed_float16 on GPUs, mixed_bfloat16 on
     CPUs that multiply bfloat16 in hardware for models whose config asks for it, float32
-    otherwise."""
+    otherwise. `onednn_env`: TensorFlow's oneDNN variables as the settings read them at start."""
     import tensorflow as tf
 
     if requested != "auto":
@@ -76,7 +78,7 @@ def resolve_precision(requested: str, model_config: ModelConfig | None = None) -
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
     wanted = model_config is not None and model_config.bfloat16_on_cpu
-    return "mixed_bfloat16" if wanted and cpu_multiplies_bfloat16() else "float32"
+    return "mixed_bfloat16" if wanted and cpu_multiplies_bfloat16(env=onednn_env) else "float32"
 
 
 def cpu_multiplies_bfloat16(
@@ -86,14 +88,15 @@ def cpu_multiplies_bfloat16(
     later) or AVX-512 BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake), on which oneDNN
     runs the convolutions and dense layers faster than in float32. Elsewhere bfloat16 is
     emulated, and slower: so it is where oneDNN is off or limited to an older instruction set
-    (`TF_ENABLE_ONEDNN_OPTS=0`, `ONEDNN_MAX_CPU_ISA=AVX2`), which TensorFlow reads from `env`."""
+    (`TF_ENABLE_ONEDNN_OPTS=0`, `ONEDNN_MAX_CPU_ISA=AVX2` in `env`, as the settings read them)."""
     return not BFLOAT16_CPU_FLAGS.isdisjoint(cpu_flags(cpuinfo)) and onednn_may_use_bfloat16(env)
 
 
 def onednn_may_use_bfloat16(env: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment lets oneDNN use the CPU's bfloat16 instructions: it is not turned
-    off, and its ISA limit, if any, names a bfloat16-capable set (AVX512_CORE_BF16 or later)."""
-    env = os.environ if env is None else env
+    """Whether oneDNN's variables in `env` (`PipelineSettings.onednn_env`; None: TensorFlow's
+    defaults) let it use the CPU's bfloat16 instructions: it is not turned off, and its ISA limit,
+    if any, names a bfloat16-capable set (AVX512_CORE_BF16 or later)."""
+    env = env or {}
     if env.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
         return False
     limit = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
@@ -202,25 +205,28 @@ def train_model(
     checkpoint: ArtifactCheckpoint | None = None,
     initial_weights: list[np.ndarray] | None = None,
     model_settings: Mapping[str, Any] | None = None,
+    onednn_env: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train `name`; `extra_callbacks` (e.g. a benchmark's per-epoch probe) run after the built-in ones.
 
     With a `checkpoint`, the training state is backed up to it after every epoch and, when it holds
     one from an interrupted attempt, training resumes from there. `initial_weights` (the champion's,
     for a warm start) replace the random initialisation. `model_settings`: a sweep trial's settings
-    of the model's config beyond those `train_config` holds.
+    of the model's config beyond those `train_config` holds. `onednn_env`: TensorFlow's oneDNN
+    variables as read at start (`PipelineSettings.onednn_env`), for precision "auto".
     """
     import keras
 
     train_config = train_config or TrainConfig()
     model_config = resolve_model_config(name, train_config, model_settings)
     keras.utils.set_random_seed(train_config.seed)
+    use_op_determinism()
     strategy = make_strategy()
     if train_config.batch_size is None and "batch_size" not in (model_settings or {}):
         model_config = fit_batch_to_data(model_config, len(train_data[1]), strategy.num_replicas_in_sync)
     global_batch = model_config.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(train_data[1]) / global_batch)
-    precision = resolve_precision(train_config.precision, model_config)
+    precision = resolve_precision(train_config.precision, model_config, onednn_env)
     momentum = _ema_momentum(model_config.ema_horizon_steps, steps_per_epoch * model_config.epochs)
     with strategy.scope(), _dtype_policy(precision):
         model = _compiled_model(name, model_config, steps_per_epoch, momentum)
@@ -251,6 +257,24 @@ def train_model(
         precision=precision,
         resumed_from_epoch=resumed,
     )
+
+
+def use_op_determinism() -> bool:
+    """Turn TensorFlow's op determinism on where there is no GPU; returns whether it is on.
+
+    On a CPU it costs nothing measurable (two epochs of the CNN or the DNN on 5,400 images took
+    5-7 s either way on 2 cores), and it is what lets `mnist-pipeline verify` retrain a version
+    bit for bit. Its kernels round differently from the default ones (after those two epochs the
+    CNN's weights differ by up to 3e-3), so every CPU training runs one way, this one. On a GPU it
+    slows cuDNN and refuses some ops: GPU trainings stay fast and are not bitwise reproducible,
+    which their records say (`training.cache_key.device_kind`). Process-wide, as TensorFlow has it.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
 
 
 def _full_history(fitted: dict[str, list], checkpoint: ArtifactCheckpoint | None) -> dict[str, list[float]]:
