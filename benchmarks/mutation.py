@@ -46,6 +46,9 @@ COPIED = ("mnist_pipeline", "tests", "dags", "plugins")
 # fake-gcs-server, run the same code; the local race tests cover a lost commit race).
 SELECTION = ("-m", "not slow", "-k", "not gcs and not 32_concurrent_writers")
 KILLED = {"killed", "timeout"}
+# Loaded into every test run of the benchmark: keeps what each mutant's tests rebuild identically
+# (MNIST, the duplicate index over it) by content; see its docstring.
+CACHE_PLUGIN = Path(__file__).resolve().parent / "mutation_cache.py"
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,12 @@ def prepare(target: Target) -> Path:
     work.mkdir(parents=True)
     for name in COPIED:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(CACHE_PLUGIN, work / CACHE_PLUGIN.name)
     settings = {
         "source_paths": ["mnist_pipeline"],
         "only_mutate": list(target.modules),
-        "also_copy": ["dags", "plugins"],
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:randomly"],
+        "also_copy": ["dags", "plugins", CACHE_PLUGIN.name],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:randomly", "-p", CACHE_PLUGIN.stem],
         "pytest_add_cli_args_test_selection": [*target.tests, *SELECTION],
     }
     section = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())

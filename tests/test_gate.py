@@ -306,3 +306,17 @@ def test_every_slice_below_the_champion_is_named_with_its_fall_in_points() -> No
         "worse than the champion on mnist_test by 6.00 points, more_new_data by 10.00 points"
         " (non-inferiority margin 5.00 points): "
     )
+
+
+def test_every_slice_worse_than_the_champion_is_named_with_its_fall_in_points() -> None:
+    # Recall left loose so that the non-inferiority rule speaks: 10 and 20 points below, margin 5.
+    gate = GateConfig(non_inferiority=0.05, max_recall_drop=0.5)
+    far_worse = np.concatenate([digit_indices(digit, 8 + 100) for digit in range(10)])
+    labels = np.arange(1000, dtype=np.uint8) % 10
+    other = Slice("other", labels, with_errors(labels, np.arange(200)), labels)
+    verdict = judge([mnist_test(far_worse, CHAMPION_WRONG), other, new_data(1000, 0, 300)], gate)
+    assert verdict.rule == "non-inferiority" and not verdict.promote
+    assert verdict.reason.startswith(
+        "worse than the champion on mnist_test by 10.00 points, other by 20.00 points"
+        " (non-inferiority margin 5.00 points): "
+    )

@@ -36,7 +36,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mnist-pipeline", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--run-id", default="cli", help="groups the steps of one run (default: cli)")
     add_run_options(parser, GLOBAL)  # --source, --max-train-images: every step reads them
     steps = parser.add_subparsers(dest="step", required=True)

@@ -65,7 +65,8 @@ def write_snapshot(
     )
     if not storage.exists(_key(data_hash)):
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **data.arrays())
+        # numpy's stub lets a ** key be `allow_pickle`; `arrays()` holds only the arrays' names.
+        np.savez_compressed(buffer, **data.arrays())  # pyright: ignore[reportArgumentType]
         # The manifest goes first: the npz's presence is what marks the snapshot complete.
         storage.write_bytes(f"datasets/{data_hash}/manifest.json", manifest_bytes)
         storage.write_bytes(_key(data_hash), buffer.getvalue())

@@ -21,6 +21,7 @@ from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.evaluation.metrics import labels_from_npy
 from mnist_pipeline.hashing import read_verified, sha256_hex
+from mnist_pipeline.records import is_json_object
 from mnist_pipeline.registry.layout import METADATA_FILE, MODELS_PREFIX
 from mnist_pipeline.storage import Storage
 
@@ -32,7 +33,7 @@ PREDICTIONS_FILE = "predictions.npy"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def validate_name(kind: str, name: str) -> str:
+def validate_name(kind: str, name: object) -> str:
     if not isinstance(name, str) or not _NAME_PATTERN.match(name) or ".." in name:
         raise RegistryError(
             f"{kind} name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
@@ -114,7 +115,7 @@ class VersionStore:
 
     def uploaded(self) -> list[VersionRef]:
         """Every version whose files are uploaded completely (its metadata.json exists)."""
-        refs = []
+        refs: list[VersionRef] = []
         for key in self.storage.list_keys(MODELS_PREFIX):
             parts = key.split("/")
             if len(parts) == 5 and parts[4] == METADATA_FILE:
@@ -137,7 +138,7 @@ class VersionStore:
             payload = json.loads(data)
         except ValueError as exc:
             raise RegistryError(f"{key} of version {ref} is unreadable: not valid JSON ({exc})") from None
-        if not isinstance(payload, dict):
+        if not is_json_object(payload):
             raise RegistryError(f"{key} of version {ref} is unreadable: not a JSON object")
         return payload
 
@@ -148,7 +149,7 @@ class VersionStore:
     def verified_file(self, ref: VersionRef, name: str) -> bytes:
         """A version's file, refused unless its bytes match the sha256 recorded at publication."""
         files = self.metadata(ref).get("files_sha256", {})
-        expected = files.get(name) if isinstance(files, dict) else None
+        expected = files.get(name) if is_json_object(files) else None
         if expected is None:
             raise RegistryError(f"version {ref} has no file {name!r}")
         return read_verified(self.storage, f"{ref.prefix}/{name}", expected)

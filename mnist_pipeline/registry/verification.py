@@ -56,7 +56,8 @@ class Verification(Record):
     recorded_accuracy: float | None = None  # on the test set, as published
     accuracy: float | None = None  # the retrained model's, on the same test set
     train_seconds: float | None = None
-    environment: dict[str, Any] = field(default_factory=dict[str, Any])  # the retraining's code, libraries, device
+    # The retraining's code, libraries, device.
+    environment: dict[str, Any] = field(default_factory=dict[str, Any])
     actor: str = ""
 
     @property

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from mnist_pipeline.errors import MnistPipelineError, RegistryError, StorageError
+from mnist_pipeline.records import is_json_object
 from mnist_pipeline.registry import log as commit_log
 from mnist_pipeline.registry.layout import ALIASES_PREFIX, CHAMPION_KEY, SHARDS_PREFIX, STATE_KEY
 from mnist_pipeline.registry.log import UnreadableObject, checkpoint_key, read_commit
@@ -125,7 +126,7 @@ def _events_from_log(storage: Storage, names: list[str], shard: str) -> dict[str
     for name in names:
         number, index = parse_event_name(name)
         by_commit.setdefault(number, []).append((name, index))
-    found = {}
+    found: dict[str, IndexedEvent] = {}
     for number, wanted in by_commit.items():
         try:
             commit = read_commit(storage, number)
@@ -151,7 +152,7 @@ def _parsed_shard(storage: Storage, key: str) -> list[IndexedEvent] | None:
         return []
     try:
         payload = json.loads(data)
-        if not isinstance(payload, dict) or payload.get("format") != SHARD_FORMAT:
+        if not is_json_object(payload) or payload.get("format") != SHARD_FORMAT:
             raise ValueError(f"not a history shard of format {SHARD_FORMAT}")
         return [IndexedEvent.from_dict(item, key) for item in payload["events"]]
     except (ValueError, KeyError, TypeError, MnistPipelineError) as exc:
@@ -219,7 +220,7 @@ def _commit_shown(data: bytes | None, field: str) -> int:
 
 
 @contextmanager
-def best_effort(storage: Storage, key: str) -> Iterator[None]:
+def best_effort(storage: Storage, key: str) -> Generator[None]:
     """A view's write: a reader without write access, or a storage blip, still leaves the log true."""
     try:
         yield
@@ -233,8 +234,8 @@ def parse_pointer_view(data: bytes, key: str) -> ChampionPointer | None:
         payload = json.loads(data)
     except ValueError as exc:
         raise RegistryError(f"{key} is not valid JSON ({exc})") from None
-    if isinstance(payload, dict) and "cleared_at" in payload:
+    if is_json_object(payload) and "cleared_at" in payload:
         return None
-    if isinstance(payload, dict):
+    if is_json_object(payload):
         payload = {k: v for k, v in payload.items() if k != LOG_VERSION}
     return ChampionPointer.from_dict(payload, key)
