@@ -33,6 +33,7 @@ airflow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks scripts
 	$(BIN)/lint-imports
+	$(BIN)/pyright
 
 test: lint
 	$(BIN)/pytest

@@ -1,14 +1,26 @@
 """Mutation testing of the code that decides what the registry holds: the gate, the promotion and
 its commit path, approval, and the checks every incoming shard goes through.
 
-    .venv/bin/python benchmarks/mutation.py [--only gate,log,...] [--max-children 2] [--keep]
+    .venv/bin/python benchmarks/mutation.py [--only promotion,incoming,...] [--max-children 2] [--keep]
+    .venv/bin/python benchmarks/mutation.py --review-only   # re-read mutation_reviewed.json only
+
+Targets: gate, promotion, "commit log", approval, incoming.
 
 For each target, mutmut mutates only its modules (every operator, constant and call it knows how
 to change, one at a time) and runs the fast tests that cover the mutated function, stopping at the
 first failure. A mutant the tests notice is killed; one they pass with is a survivor. Each target
 runs in its own copy of the tree under .local/mutation/<target>/ (mutmut works in a `mutants/`
 copy there), with only the non-slow tests of its own test files selected, fake-gcs-server
-variants left out (the local store runs the same code), and at most two workers.
+variants left out (the local store runs the same code), and at most two workers. Every test run
+loads `mutation_cache.py`, a pytest plugin that keeps by content what each mutant's tests would
+rebuild identically (MNIST, read once; the duplicate index over its 70,000 images), filled before
+mutmut forks a process per mutant: the same tests and assertions, less repeated work.
+
+`--only` measures the targets named and keeps every other target as the last results hold it
+(each target's results are written as soon as it is measured):
+benchmarks/results/mutation.json always holds every target measured (each with its own date, CPU
+and survivors), and its total and mutation_survivors.md are computed over all of them, with the
+survivors' reasons as mutation_reviewed.json gives them at the time of writing.
 
 Target: at least 95% of all mutants killed (a timeout counts as killed: the mutant never
 finished). Prints a table and writes benchmarks/results/mutation.json and, for every survivor, its
@@ -264,6 +276,17 @@ def survivors_markdown(rows: list[dict[str, Any]], total: dict[str, Any]) -> str
     return "\n".join(out).rstrip() + "\n"
 
 
+def merged(measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets just measured, with every other target kept as the last results hold it, in
+    the order of TARGETS: a run of some targets updates them without losing the others."""
+    path = RESULTS / "mutation.json"
+    earlier = json.loads(path.read_text()).get("targets", []) if path.exists() else []
+    names = [target.name for target in TARGETS]
+    fresh = {row["target"] for row in measured}
+    kept = [row for row in earlier if row["target"] in set(names) - fresh and "survivors" in row]
+    return sorted([*kept, *measured], key=lambda row: names.index(row["target"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -271,9 +294,32 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated target names (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="parallel workers (default 2)")
     parser.add_argument("--keep", action="store_true", help=f"keep the working copies under {WORK}")
+    parser.add_argument(
+        "--review-only",
+        action="store_true",
+        help="measure nothing: rewrite the results with the reasons mutation_reviewed.json gives now",
+    )
     args = parser.parse_args()
+    if args.review_only:
+        write_results([], args.max_children)
+        return
     chosen = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
-    rows = [measure(target, args.max_children, args.keep) for target in chosen]
+    for target in chosen:  # each target's results are written as soon as it is measured
+        row = measure(target, args.max_children, args.keep)
+        when = {
+            "cpu_model": cpu_model(),
+            "max_children": args.max_children,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        write_results([row | when], args.max_children)
+
+
+def write_results(measured: list[dict[str, Any]], max_children: int) -> None:
+    """Merge `measured` into the results (`merged`), print the table and write both files."""
+    rows = merged(measured)
+    for row in rows:  # reasons as reviewed now, for the kept targets too
+        for found in row["survivors"]:
+            found["kind"], found["reason"] = review(found["mutant"], found["diff"], found["status"])
     mutants = sum(row["mutants"] for row in rows)
     killed, timeout = sum(row["killed"] for row in rows), sum(row["timeout"] for row in rows)
     total = {
@@ -294,11 +340,11 @@ def main() -> None:
         "cpu_model": cpu_model(),
         "tool": f"mutmut {_mutmut_version()}",
         "selection": list(SELECTION),
-        "max_children": args.max_children,
+        "max_children": max_children,
         "target_score": TARGET_SCORE,
         "total": total,
         "survivor_kinds": dict(kinds),
-        "targets": [{k: v for k, v in row.items() if k != "survivors"} for row in rows],
+        "targets": rows,
     }
     print("wrote", write_result("mutation", payload))
     path = RESULTS / "mutation_survivors.md"

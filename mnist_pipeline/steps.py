@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_Split = tuple[np.ndarray, np.ndarray]  # images, labels
 
 
 def process_new_data(settings: PipelineSettings, run_id: str) -> ShardReport:
@@ -255,7 +256,7 @@ def _stored_training(
     return record
 
 
-def _trial_result(trial: Trial, result: Any, val_split: tuple, worker_name: str) -> TrialResult:
+def _trial_result(trial: Trial, result: Any, val_split: _Split, worker_name: str) -> TrialResult:
     """A sweep trial's row: the validation scores of the weights it ships (those early stopping
     kept, averaged), its curves per epoch, how long it trained and on which worker."""
     from mnist_pipeline.data.tf_data import make_eval_dataset
@@ -288,7 +289,10 @@ def select(
         if len(trainings) != 1:
             raise ConfigError(f"{model_name}: {len(trainings)} trainings but no sweep; expected one")
         return trainings[0]
-    results = sorted((training.trial for training in swept), key=lambda result: result.index)
+    results = sorted(
+        (training.trial for training in trainings if training.trial is not None),
+        key=lambda result: result.index,
+    )
     winner = choose_winner(results)
     artifacts = open_storage(settings.artifacts_uri, settings)
     prefix = model_key(run_id, model_name)
@@ -303,13 +307,16 @@ def select(
         winner.val_loss,
         winner.settings,
     )
-    chosen = next(training for training in swept if training.trial.index == winner.index)
+    chosen = next(
+        training for training in swept if training.trial is not None and training.trial.index == winner.index
+    )
     return _adopted(artifacts, prefix, replace(chosen, trials=[result.summary() for result in results]))
 
 
 def _adopted(artifacts: Storage, prefix: str, winner: TrainingRecord) -> TrainingRecord:
     """The winning trial's model and record (with its per-epoch history), copied to the model's own
     `prefix`; the record now names the copy, whose bytes are the very model the trial trained."""
+    assert winner.trial is not None, "only a sweep's trial is adopted"
     source = trial_key(winner.run_id, winner.model, winner.trial.index)
     model_bytes = read_verified(artifacts, f"{source}/model.keras", winner.model_sha256)
     artifacts.write_bytes(f"{prefix}/model.keras", model_bytes)
@@ -319,7 +326,7 @@ def _adopted(artifacts: Storage, prefix: str, winner: TrainingRecord) -> Trainin
     return record
 
 
-def _splits(artifacts: Storage, data_hash: str, train_config: TrainConfig) -> tuple[tuple, tuple]:
+def _splits(artifacts: Storage, data_hash: str, train_config: TrainConfig) -> tuple[_Split, _Split]:
     """The snapshot's (train, validation) split: seeded, carved from training data only."""
     data = read_snapshot(artifacts, data_hash)
     return split_validation(data.x_train, data.y_train, train_config.validation_fraction, train_config.seed)
@@ -408,7 +415,9 @@ def evaluate(training: TrainingRecord, settings: PipelineSettings) -> Evaluation
     model = load_verified_model(artifacts, f"{prefix}/model.keras", training.model_sha256)
     data = read_snapshot(artifacts, training.data_hash)
     probabilities = predict_probabilities(model, data.x_test)
-    metrics = metrics_from_probabilities(probabilities, data.y_test) | {"test_hash": data.test_hash()}
+    metrics: dict[str, Any] = metrics_from_probabilities(probabilities, data.y_test) | {
+        "test_hash": data.test_hash()
+    }
     new_data_hash = data.new_data_hash()
     if new_data_hash:  # the held-out slice of newly landed data: the gate's second slice
         new_probabilities = predict_probabilities(model, data.x_new_test)

@@ -8,11 +8,13 @@ import io
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from mnist_pipeline.config import PipelineSettings
+from mnist_pipeline.data import incoming
 from mnist_pipeline.data.incoming import (
     ACCEPTED,
     CLAIMS,
@@ -204,7 +206,8 @@ def test_a_shard_claimed_by_a_killed_worker_is_taken_over_after_its_lease(
     early = process_incoming(storage, "run-early", mnist, settings=settings)
     assert early.skipped == ["orphan.npz"]  # still within the lease
     assert storage.exists(f"{INCOMING}orphan.npz")
-    time.sleep(lease + 0.2)
+    # The lease runs out: the incoming module's clock moves past it, rather than the test sleeping.
+    monkeypatch.setattr(incoming, "time", SimpleNamespace(time=lambda: time.time() + lease + 0.2))
     report = process_incoming(storage, "run-later", mnist, settings=settings)
     assert [shard["source"] for shard in report.accepted] == ["orphan.npz"]
     assert "taking over" in caplog.text and "run-killed" in caplog.text

@@ -578,6 +578,7 @@ def test_an_unreadable_or_missing_commit_is_folded_as_nothing_and_reported(
     full = _appended(storage, 4)[-1]
     storage.write_bytes(commit_key(2), b"{")
     why = f"{commit_key(2)}: not valid JSON"
+    caplog.clear()  # only the records of the read below
     with caplog.at_level("WARNING", logger="mnist_pipeline.registry.log"):
         advanced, applied = commit_log.advance(storage, RegistryState())
     assert advanced.number == 4 and [commit.number for commit in applied] == [1, 3, 4]
@@ -621,6 +622,7 @@ def test_a_replay_starts_from_the_newest_readable_checkpoint_that_holds_its_own_
         storage.write_bytes(commit_log.checkpoint_key(number), data)
     for number in range(1, 5):  # a replay from checkpoint 4 reads only commits 5 and 6
         storage.delete(commit_key(number))
+    caplog.clear()  # only the records of the replay below
     with caplog.at_level("WARNING", logger="mnist_pipeline.registry.log"):
         replayed = commit_log.replay(storage)
     assert replayed.to_json() == states[6].to_json() and replayed.unreadable == []

@@ -68,13 +68,15 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation
     amount, in one bilinear resampling (one affine transform per image; the corners fill black)."""
     import tensorflow as tf
 
-    count = tf.shape(images)[0]
+    batch = tf.shape(images)[:1]  # [N]
     height, width = images.shape[1], images.shape[2]
-    angle_seed, dx_seed, dy_seed = tf.unstack(tf.random.experimental.stateless_split([seed, 0], 3))
+    assert height is not None and width is not None, "augment_batch needs the images' static size"
+    # tf.random.split is tf.random.experimental.stateless_split under its stable name.
+    angle_seed, dx_seed, dy_seed = tf.unstack(tf.random.split(tf.convert_to_tensor([seed, 0]), 3))
     turn = augmentation.max_rotation * 2 * math.pi
-    angle = tf.random.stateless_uniform([count], angle_seed, -turn, turn)
-    dx = tf.random.stateless_uniform([count], dx_seed, -1, 1) * augmentation.max_shift * width
-    dy = tf.random.stateless_uniform([count], dy_seed, -1, 1) * augmentation.max_shift * height
+    angle = tf.random.stateless_uniform(batch, angle_seed, -turn, turn)
+    dx = tf.random.stateless_uniform(batch, dx_seed, -1, 1) * augmentation.max_shift * width
+    dy = tf.random.stateless_uniform(batch, dy_seed, -1, 1) * augmentation.max_shift * height
     cos, sin = tf.cos(angle), tf.sin(angle)
     cx, cy = (width - 1) / 2, (height - 1) / 2
     # Each output pixel (x, y) samples the input at R(x - c, y - c) + c - shift.
@@ -84,7 +86,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation
         axis=1,
     )
     moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images[..., None], tf.float32),
+        images=tf.cast(tf.expand_dims(images, -1), tf.float32),
         transforms=transforms,
         output_shape=[height, width],
         fill_value=0.0,

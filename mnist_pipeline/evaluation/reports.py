@@ -214,7 +214,7 @@ def gradcam_heatmaps(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray
         scores = tf.gather(probabilities, predicted, batch_dims=1)
     gradients = tape.gradient(scores, feature_maps)
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # one weight per feature map
-    cams = tf.nn.relu(tf.reduce_sum(feature_maps * channel_weights, axis=-1))[..., tf.newaxis]
+    cams = tf.expand_dims(tf.nn.relu(tf.reduce_sum(feature_maps * channel_weights, axis=-1)), -1)
     cams = tf.image.resize(cams, images.shape[1:3])[..., 0].numpy()
     peaks = cams.max(axis=(1, 2), keepdims=True)
     return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0), predicted.numpy()

@@ -83,5 +83,7 @@ class CandidateApproval(ApprovalOperator):
             if not answer.approved:
                 with no_retry_on_bad_input():
                     run = RunParams.from_context(context, settings())
-                    steps.decline(promotion_outcome(context["ti"]), answer, run.settings, run.run_id)
+                    # execute asked only about an outcome awaiting approval: promote's outcome is there.
+                    outcome = promotion_outcome(context["ti"])
+                    steps.decline(outcome, answer, run.settings, run.run_id)  # pyright: ignore[reportArgumentType]
         return super().execute_complete(context=context, event=event)

@@ -122,7 +122,7 @@ class Storage(ABC):
 
     def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
         """Copy every file below `local_dir` to keys under `prefix`; returns the keys written."""
-        written = []
+        written: list[str] = []
         for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
             key = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
             self.write_bytes(key, path.read_bytes())

@@ -10,7 +10,7 @@ the object.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -163,7 +163,7 @@ class GcsStorage(Storage):
         return True
 
     @contextmanager
-    def _reaching(self, key: str) -> Iterator[None]:
+    def _reaching(self, key: str) -> Generator[None]:
         """Turn an outage that outlived the retry deadline into a `StorageError` naming the object."""
         import requests
         from google.api_core import exceptions
@@ -181,19 +181,23 @@ class GcsStorage(Storage):
     def _retry(self) -> Any:
         """google-cloud-storage's default policy (connection errors, 429 and 5xx, exponential
         backoff) with this storage's deadline."""
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        return DEFAULT_RETRY.with_timeout(self.retry_deadline)
+        return _retry_module().DEFAULT_RETRY.with_timeout(self.retry_deadline)
 
     def _conditional_retry(self) -> Any:
         """The same policy, applied only to requests that carry a generation precondition."""
-        from google.cloud.storage.retry import ConditionalRetryPolicy, is_generation_specified
+        retry = _retry_module()
+        return retry.ConditionalRetryPolicy(self._retry(), retry.is_generation_specified, ["query_params"])
 
-        return ConditionalRetryPolicy(self._retry(), is_generation_specified, ["query_params"])
+
+def _retry_module() -> Any:
+    """google-cloud-storage's retry policies; the library ships no type information."""
+    from google.cloud.storage import retry  # pyright: ignore[reportMissingTypeStubs]
+
+    return retry
 
 
 def _gcs_client(emulator_host: str) -> Any:
-    from google.cloud import storage as gcs
+    from google.cloud import storage as gcs  # pyright: ignore[reportMissingTypeStubs]  # untyped library
 
     if emulator_host:
         # With an emulator there are no credentials to find; anonymous access is what it expects.

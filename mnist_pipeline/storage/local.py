@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -103,7 +103,7 @@ class LocalStorage(Storage):
         return self._path(prefix)
 
     @staticmethod
-    def _entry(prefix: str, item: os.DirEntry) -> Entry:
+    def _entry(prefix: str, item: os.DirEntry[str]) -> Entry:
         key = f"{prefix.rstrip('/')}/{item.name}" if prefix.strip("/") else item.name
         try:
             info = item.stat(follow_symlinks=False)  # lstat: a link is examined, not its target
@@ -210,7 +210,7 @@ class LocalStorage(Storage):
 
     @staticmethod
     @contextmanager
-    def _locked(path: Path) -> Iterator[None]:
+    def _locked(path: Path) -> Generator[None]:
         # The lock is taken on the folder itself: no lock file is left behind.
         path.parent.mkdir(parents=True, exist_ok=True)
         folder = os.open(path.parent, os.O_RDONLY)

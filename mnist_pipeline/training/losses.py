@@ -9,7 +9,7 @@ Keras loads them. It stays registered, so archives published before that, which 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import keras
 
@@ -31,7 +31,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
-        targets = keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        classes = cast(tuple[Any, ...], keras.ops.shape(y_pred))[-1]  # Keras' inferred return admits None
+        targets = keras.ops.one_hot(labels, classes, dtype=y_pred.dtype)
         return keras.losses.categorical_crossentropy(targets, y_pred, label_smoothing=self.label_smoothing)
 
     def get_config(self) -> dict[str, Any]:

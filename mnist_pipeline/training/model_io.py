@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mnist_pipeline.errors import RegistryError
 
@@ -66,7 +66,8 @@ def load_model_bytes(data: bytes) -> keras.Model:
             with warnings.catch_warnings():
                 # Archives carry no optimizer state (see model_to_bytes), which Keras would report.
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-                return keras.saving.load_model(path, safe_mode=True)
+                # Keras types the loaded object loosely; a .keras archive of this library holds a Model.
+                return cast("keras.Model", keras.saving.load_model(path, safe_mode=True))
         except ValueError as exc:
             if "safe_mode" not in str(exc):
                 raise
@@ -83,7 +84,8 @@ def export_saved_model(model: keras.Model, directory: Path) -> Path:
     """
     import keras
 
-    archive = keras.export.ExportArchive()
+    # Keras' __new__ returns the backend's archive class, which pyright cannot pick: TensorFlow's here.
+    archive: Any = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         "serve",

@@ -20,7 +20,7 @@ import reprlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -208,7 +208,7 @@ def _validate(sweep: object, limit: int) -> None:
     """Refuse a sweep the schema refuses: one line per wrong field, naming it and saying why."""
     validator = Draft202012Validator(sweep_schema(MODELS, limit))
     by_field: dict[str, list[ValidationError]] = {}
-    for error in validator.iter_errors(sweep):
+    for error in validator.iter_errors(cast(Any, sweep)):  # any value: the schema judges it
         where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
         by_field.setdefault(f"sweep{where}", []).append(error)
     if by_field:
@@ -224,7 +224,8 @@ def _reason(error: ValidationError, limit: int) -> str:
     depth = len(error.absolute_path)
     if error.validator == "maxItems" and depth <= 2:  # a model's trials, or a grid's values
         what = "trials" if depth == 1 else "values"
-        return f"{len(error.instance)} {what}, more than the limit of {limit} ({_LIMIT_VARIABLE})"
+        items = cast(list[Any], error.instance)  # maxItems: the list that is too long
+        return f"{len(items)} {what}, more than the limit of {limit} ({_LIMIT_VARIABLE})"
     full = repr(error.instance)
     if error.message.startswith(full):
         return _SHORT.repr(error.instance) + error.message[len(full) :]

@@ -243,7 +243,8 @@ def train_model(
             epochs=model_config.epochs,
             shuffle=False,  # the dataset reshuffles itself every epoch, seeded
             callbacks=callbacks,
-            verbose=0,
+            # Keras leaves `verbose` unannotated, so its default "auto" reads as str; 0 is one of its values.
+            verbose=0,  # pyright: ignore[reportArgumentType]
         )
     return TrainResult(
         model=model,

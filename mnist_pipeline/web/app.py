@@ -100,7 +100,8 @@ def create_app(access: Callable[..., Any] | None = None, settings: PipelineSetti
         openapi_url=None,
     )
     app.state.settings = settings
-    app.add_exception_handler(HTTPException, http_error)
+    # Starlette types a handler as taking any exception; this one is registered for HTTPException only.
+    app.add_exception_handler(HTTPException, http_error)  # pyright: ignore[reportArgumentType]
     app.add_exception_handler(MnistPipelineError, registry_error)
     add_routes(app)
     _add_headers(app)

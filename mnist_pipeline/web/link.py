@@ -47,7 +47,8 @@ def registry_link(dag_id: str, run_id: str, outcome: Any, base_path: str = "") -
 class PromotedVersionLink(BaseOperatorLink):
     """Registered globally by the plugin (the promote task is a plain @task), shown only on `promote`."""
 
-    name = LINK_NAME
+    # Airflow declares `name` as a property; its own links, like this one, set a class attribute.
+    name = LINK_NAME  # pyright: ignore[reportAssignmentType]
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         if ti_key.task_id != PROMOTE_TASK_ID:
