@@ -35,12 +35,17 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/pyright
 
+# One pytest worker per CPU core (at least 2, at most 4: each holds TensorFlow and Airflow); a module
+# whose tests share a module-scoped fixture runs on one worker, in order (tests/conftest.py).
+PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(max(len(os.sched_getaffinity(0)), 2), 4))")
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PARALLEL)
 
 # Skips the tests that train models or run the DAG end to end.
 test-fast: lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(PARALLEL) -m "not slow"
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache .import_linter_cache

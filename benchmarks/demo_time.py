@@ -1,6 +1,6 @@
 """Where `make demo`'s time goes: its commands timed, then every task of the DAG run it made.
 
-    MNIST_SOURCE=../shared/data/mnist.npz .venv/bin/python benchmarks/demo_time.py [--avx2]
+    MNIST_SOURCE=../shared/data/mnist.npz .venv/bin/python benchmarks/demo_time.py [--avx2] [--name NAME]
 
 `--avx2` runs it on the AVX2 path (oneDNN limited to AVX2; precision "auto" then chooses
 float32, as on a CPU without bfloat16 units): what a 2-core AVX2-only machine gets.
@@ -8,14 +8,15 @@ float32, as on a CPU without bfloat16 units): what a 2-core AVX2-only machine ge
 Runs what `make demo` runs (`airflow db migrate`, `airflow dags test mnist_training` and
 `mnist_serving_export`, `mnist-pipeline summary`) in a throw-away Airflow home and registry,
 with the venv installed and full data, then reads each task's start and end from that home's
-metadata database. Prints the
-wall time of each command and of the whole (target <= 600 s), a table of the tasks by start time
-with their seconds, the test accuracy of each model, and writes benchmarks/results/demo_time.json
-(demo_time_avx2.json with `--avx2`).
+metadata database. Prints the wall time of each command and of the whole (target <= 600 s), a
+table of the tasks by start time with their seconds, the test accuracy and training precision of
+each model, and writes benchmarks/results/NAME.json (default demo_time.json, demo_time_avx2.json
+with `--avx2`): a name per CPU keeps one machine's result from replacing another's.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
@@ -72,17 +73,24 @@ def _seconds_between(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def accuracies(tmp: str) -> dict[str, float]:
-    """Each model's test accuracy from the run's evaluation records."""
+def run_records(tmp: str, file: str, field: str) -> dict[str, Any]:
+    """`field` of each model's record `file` in the run (metrics.json, training.json)."""
     found = {}
-    for path in Path(tmp, "artifacts").glob("runs/*/*/metrics.json"):
-        record = json.loads(path.read_text())
-        found[path.parent.name] = record["accuracy"]
+    for path in Path(tmp, "artifacts").glob(f"runs/*/*/{file}"):
+        found[path.parent.name] = json.loads(path.read_text()).get(field)
     return found
 
 
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--avx2", action="store_true", help="oneDNN limited to AVX2, as on an AVX2-only CPU")
+    parser.add_argument("--name", help="result file name in benchmarks/results/, without .json")
+    return parser.parse_args()
+
+
 def main() -> None:
-    avx2 = "--avx2" in sys.argv[1:]
+    options = parse_args()
+    avx2 = options.avx2
     if avx2:
         os.environ.update(AVX2_PATH)  # so that the result's machine block records the path
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +108,8 @@ def main() -> None:
         }
         walls = {name: timed(command, env) for name, command in commands.items()}
         tasks = task_times(env["AIRFLOW_HOME"])
-        accuracy = accuracies(tmp)
+        accuracy = run_records(tmp, "metrics.json", "accuracy")
+        precision = run_records(tmp, "training.json", "precision")
     total = sum(walls.values())
     for name, wall in walls.items():
         print(f"{name:<36} {wall:>7.1f} s")
@@ -110,8 +119,16 @@ def main() -> None:
         print(f"{task['task']:<24} {task['state'] or '-':<9} {task['seconds']:>7.1f}")
     print(f"{'sum of tasks':<34} {sum(t['seconds'] for t in tasks):>7.1f}")
     print("test accuracy:", ", ".join(f"{m} {a:.4f}" for m, a in sorted(accuracy.items())))
-    payload = {"commands": walls, "total_s": total, "tasks": tasks, "test_accuracy": accuracy}
-    print("wrote", write_result("demo_time_avx2" if avx2 else "demo_time", payload))
+    print("precision:", ", ".join(f"{m} {p}" for m, p in sorted(precision.items())))
+    payload = {
+        "commands": walls,
+        "total_s": total,
+        "tasks": tasks,
+        "test_accuracy": accuracy,
+        "precision": precision,
+    }
+    name = options.name or ("demo_time_avx2" if avx2 else "demo_time")
+    print("wrote", write_result(name, payload))
 
 
 if __name__ == "__main__":

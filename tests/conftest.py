@@ -168,6 +168,21 @@ def api(airflow_db: Path) -> Iterator[Any]:
         yield client
 
 
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info else ()
+    return any(definition.scope == "module" for defs in definitions for definition in defs)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's `--dist loadgroup` (make test), the tests of a module that share a
+    module-scoped fixture (an Airflow, a cluster, a trained run) go to one worker, in file order:
+    the fixture is set up once, and a test written to run last runs last. The others spread."""
+    for item in items:
+        if _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 # The fault-injection suite's fixtures and its end-of-session summary; the guard that fails a test
 # not marked slow when it trains a model.
 pytest_plugins = ["tests.fault_fixtures", "tests.fault_report", "tests.training_guard"]

@@ -7,7 +7,9 @@ how many objects were lost. The summary shows the totals; "objects lost" must re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,13 @@ class FaultLedger:
             key for key, data in before.items() if key not in may_change and after.get(key) != data
         ]
 
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add a pytest-xdist worker's ledger (`asdict` of its FaultLedger) to this one."""
+        self.bad_inputs += other["bad_inputs"]
+        self.faults_survived += other["faults_survived"]
+        self.objects_compared += other["objects_compared"]
+        self.objects_lost += other["objects_lost"]
+
     def is_empty(self) -> bool:
         return not (self.bad_inputs or self.faults_survived or self.objects_compared)
 
@@ -44,6 +53,20 @@ _LEDGER = FaultLedger()
 @pytest.fixture(scope="session")
 def fault_ledger() -> FaultLedger:
     return _LEDGER
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker: hand this worker's ledger to the controller, which prints it."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["fault_ledger"] = json.dumps(asdict(_LEDGER))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # pytest-xdist's hook, on the controller
+    ledger = getattr(node, "workeroutput", {}).get("fault_ledger")
+    if ledger:
+        _LEDGER.merge(json.loads(ledger))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
