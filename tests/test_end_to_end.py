@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,26 @@ def dag(airflow_db):
     return DagBag(dag_folder=str(REPO / "dags")).dags["mnist_training"]
 
 
-@pytest.fixture
-def gcs_locations(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    uris = {
-        "MNIST_REGISTRY_URI": f"gs://{gcs_bucket}/registry",
-        "MNIST_ARTIFACTS_URI": f"gs://{gcs_bucket}/work",
-    }
-    for name, uri in uris.items():
-        monkeypatch.setenv(name, uri)
-    return uris
+@pytest.fixture(scope="module")
+def gcs_locations(gcs_server) -> Iterator[dict[str, str]]:
+    """A bucket of the module's own for the registry and the artifacts, named in the environment."""
+    from mnist_pipeline.storage import GcsStorage
+
+    bucket = f"mnist-e2e-{uuid.uuid4().hex[:12]}"
+    GcsStorage(f"gs://{bucket}").client.create_bucket(bucket)
+    uris = {"MNIST_REGISTRY_URI": f"gs://{bucket}/registry", "MNIST_ARTIFACTS_URI": f"gs://{bucket}/work"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, uri in uris.items():
+            patch.setenv(name, uri)
+        yield uris
+
+
+@pytest.fixture(scope="module")
+def first_run(dag, gcs_locations: dict[str, str]) -> dict[str, Any]:
+    """One small run of every model into an empty registry: its promotion decision. The module's
+    tests share it (one DAG run, not one each); the second builds on the champion it crowned."""
+    run_dag(dag, epochs=2, max_train_images=10000)
+    return latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
 
 
 def run_dag(dag, **conf: Any) -> None:
@@ -58,11 +71,9 @@ def assert_promoted(registry: Registry, model: str) -> dict:
 
 
 def test_a_small_run_trains_every_model_and_promotes_the_best(
-    dag, gcs_locations: dict[str, str], mnist: MnistData
+    first_run: dict[str, Any], gcs_locations: dict[str, str], mnist: MnistData
 ) -> None:
-    run_dag(dag, epochs=2, max_train_images=10000)
-
-    decision = latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
+    decision = first_run
     assert {row["model"] for row in decision["candidates"]} == {"linear", "dnn", "cnn"}
     best = max(decision["candidates"], key=lambda row: row["accuracy"])
     storage = open_storage(gcs_locations["MNIST_REGISTRY_URI"])
@@ -82,14 +93,17 @@ def test_a_small_run_trains_every_model_and_promotes_the_best(
     assert np.mean(predicted == mnist.y_test) == pytest.approx(best["accuracy"])
 
 
-def test_a_weaker_run_with_one_model_selected_is_not_promoted(dag, gcs_locations: dict[str, str]) -> None:
+def test_a_weaker_run_with_one_model_selected_is_not_promoted(
+    dag, first_run: dict[str, Any], gcs_locations: dict[str, str]
+) -> None:
     registry = Registry(open_storage(gcs_locations["MNIST_REGISTRY_URI"]))
-    run_dag(dag, epochs=2, max_train_images=10000, models=["dnn"])
-    champion = assert_promoted(registry, "dnn")
+    champion = registry.champion()
+    assert champion is not None and champion.run_id == first_run["run_id"]
 
     run_dag(dag, epochs=1, max_train_images=500, models=["linear"])
     decision = latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
+    assert decision["run_id"] != first_run["run_id"]
     assert [row["model"] for row in decision["candidates"]] == ["linear"]  # the others were skipped
     assert decision["promoted"] is False and "not better by the margin" in decision["verdict"]["reason"]
-    assert decision["trigger"] == "manual" and decision["previous_champion"]["model"] == "dnn"
+    assert decision["trigger"] == "manual" and decision["previous_champion"]["model"] == champion.model
     assert registry.champion() == champion
