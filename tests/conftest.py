@@ -174,13 +174,22 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
     return any(definition.scope == "module" for defs in definitions for definition in defs)
 
 
+def _module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's `--dist loadgroup` (make test), the tests of a module that share a
     module-scoped fixture (an Airflow, a cluster, a trained run) go to one worker, in file order:
-    the fixture is set up once, and a test written to run last runs last. The others spread."""
+    the fixture is set up once, and a test written to run last runs last. The others spread.
+
+    Modules with slow tests are handed out first, whole and in file order: the longest work
+    starts at once and the short tests fill the gaps, instead of a cluster starting last."""
     for item in items:
         if _shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+            item.add_marker(pytest.mark.xdist_group(_module_of(item)))
+    slow_modules = {_module_of(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: _module_of(item) not in slow_modules)  # stable: file order kept
 
 
 # The fault-injection suite's fixtures and its end-of-session summary; the guard that fails a test
