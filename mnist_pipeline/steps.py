@@ -284,15 +284,15 @@ def select(
     the test set is never looked at): every trial goes to `<run>/<model>/trials.json`, and the
     winner's model and record, carrying the trial table, to `<run>/<model>/`, where evaluation,
     the report and publication read them."""
-    swept = [training for training in trainings if training.trial is not None]
+    swept = sorted(
+        ((training.trial, training) for training in trainings if training.trial is not None),
+        key=lambda pair: pair[0].index,
+    )
     if not swept:
         if len(trainings) != 1:
             raise ConfigError(f"{model_name}: {len(trainings)} trainings but no sweep; expected one")
         return trainings[0]
-    results = sorted(
-        (training.trial for training in trainings if training.trial is not None),
-        key=lambda result: result.index,
-    )
+    results = [result for result, _ in swept]
     winner = choose_winner(results)
     artifacts = open_storage(settings.artifacts_uri, settings)
     prefix = model_key(run_id, model_name)
@@ -307,9 +307,7 @@ def select(
         winner.val_loss,
         winner.settings,
     )
-    chosen = next(
-        training for training in swept if training.trial is not None and training.trial.index == winner.index
-    )
+    chosen = next(training for result, training in swept if result.index == winner.index)
     return _adopted(artifacts, prefix, replace(chosen, trials=[result.summary() for result in results]))
 
 

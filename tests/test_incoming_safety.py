@@ -807,20 +807,27 @@ def test_the_runs_outcomes_reach_the_summary_and_a_summary_that_fails_fails_noth
     assert caplog.messages == ["the incoming summary was not updated: summary bucket down"]
 
 
-def test_a_claim_names_its_run_and_time_and_a_stale_one_is_taken_over_saying_how_old(
-    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
-) -> None:
+def write_claimed_shard(storage: Storage, mnist: MnistData, name: str, run_id: str, claimed_at: float) -> str:
+    """A fresh shard `name` in the incoming folder, claimed by `run_id` at `claimed_at`; returns the
+    claim's key."""
     import json
 
     from mnist_pipeline.data.incoming import CLAIMS
     from mnist_pipeline.data.names import claim_name
     from mnist_pipeline.hashing import sha256_hex
 
-    _, storage = store
     data = npz(*fresh(mnist, 0))
-    storage.write_bytes(f"{INCOMING}old.npz", data)
-    key = f"{CLAIMS}{claim_name('old.npz', sha256_hex(data)[:16])}.json"
-    storage.write_bytes(key, json.dumps({"run_id": "run-dead", "claimed_at": time.time() - 5000}).encode())
+    storage.write_bytes(f"{INCOMING}{name}", data)
+    key = f"{CLAIMS}{claim_name(name, sha256_hex(data)[:16])}.json"
+    storage.write_bytes(key, json.dumps({"run_id": run_id, "claimed_at": claimed_at}).encode())
+    return key
+
+
+def test_a_claim_names_its_run_and_time_and_a_stale_one_is_taken_over_saying_how_old(
+    store: tuple[Path, Storage], mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, storage = store
+    key = write_claimed_shard(storage, mnist, "old.npz", "run-dead", time.time() - 5000)
     before = time.time()
     with caplog.at_level("WARNING", logger="mnist_pipeline.data.incoming"):
         assert process_incoming(storage, "run-alive", mnist).accepted
@@ -1024,17 +1031,8 @@ def incoming_clock_at(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
 def test_a_claim_exactly_as_old_as_its_lease_is_still_held_and_a_moment_later_taken_over(
     store: tuple[Path, Storage], mnist: MnistData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
-
-    from mnist_pipeline.data.incoming import CLAIMS
-    from mnist_pipeline.data.names import claim_name
-    from mnist_pipeline.hashing import sha256_hex
-
     _, storage = store
-    data = npz(*fresh(mnist, 0))
-    storage.write_bytes(f"{INCOMING}held.npz", data)
-    key = f"{CLAIMS}{claim_name('held.npz', sha256_hex(data)[:16])}.json"
-    storage.write_bytes(key, json.dumps({"run_id": "run-other", "claimed_at": 1_000_000.0}).encode())
+    write_claimed_shard(storage, mnist, "held.npz", "run-other", 1_000_000.0)
     settings = PipelineSettings(claim_lease_seconds=60.0)
     incoming_clock_at(monkeypatch, 1_000_060.0)
     assert process_incoming(storage, "run-mine", mnist, settings=settings).skipped == ["held.npz"]

@@ -8,13 +8,11 @@ import io
 import time
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.data import incoming
 from mnist_pipeline.data.incoming import (
     ACCEPTED,
     CLAIMS,
@@ -28,6 +26,7 @@ from mnist_pipeline.hashing import sha256_hex
 from mnist_pipeline.storage import Storage, open_storage
 from mnist_pipeline.web.link import xcom_return_value
 from tests.new_digits import new_digits
+from tests.test_incoming_safety import incoming_clock_at
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BYTES = 2_000_000  # small limits, so that a bomb and an oversized file are cheap to make
@@ -207,7 +206,7 @@ def test_a_shard_claimed_by_a_killed_worker_is_taken_over_after_its_lease(
     assert early.skipped == ["orphan.npz"]  # still within the lease
     assert storage.exists(f"{INCOMING}orphan.npz")
     # The lease runs out: the incoming module's clock moves past it, rather than the test sleeping.
-    monkeypatch.setattr(incoming, "time", SimpleNamespace(time=lambda: time.time() + lease + 0.2))
+    incoming_clock_at(monkeypatch, time.time() + lease + 0.2)
     report = process_incoming(storage, "run-later", mnist, settings=settings)
     assert [shard["source"] for shard in report.accepted] == ["orphan.npz"]
     assert "taking over" in caplog.text and "run-killed" in caplog.text
