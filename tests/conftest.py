@@ -178,10 +178,14 @@ def _module_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's `--dist loadgroup` (make test), the tests of a module that share a
     module-scoped fixture (an Airflow, a cluster, a trained run) go to one worker, in file order:
     the fixture is set up once, and a test written to run last runs last. The others spread.
+
+    First among the hooks: xdist's worker names each test's group from its `xdist_group` mark in
+    this same hook, and a mark added after that splits the module over the workers.
 
     Modules with slow tests are handed out first, whole and in file order: the longest work
     starts at once and the short tests fill the gaps, instead of a cluster starting last."""
@@ -190,6 +194,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(_module_of(item)))
     slow_modules = {_module_of(item) for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: _module_of(item) not in slow_modules)  # stable: file order kept
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`--dist loadgroup` groups a test by the `@group` that pytest-xdist appends to `item._nodeid`;
+    a pytest that reads a test's id from elsewhere (9.2) silently splits every group over the
+    workers, each setting the module's fixtures up again. Refuse to run so."""
+    from _pytest.nodes import Node
+
+    reads_nodeid = "_nodeid" in Node.nodeid.fget.__code__.co_names  # type: ignore[attr-defined]
+    if config.getoption("dist", "no") == "loadgroup" and not reads_nodeid:
+        pytest.exit(
+            f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup (tests of one module "
+            "would be split over the workers): install the pytest pyproject.toml names",
+            returncode=4,
+        )
 
 
 # The fault-injection suite's fixtures and its end-of-session summary; the guard that fails a test
