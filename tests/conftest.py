@@ -145,15 +145,13 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
-@pytest.fixture(scope="module")
-def api(airflow_db: Path) -> Iterator[Any]:
-    """Airflow's api-server with the DAGs written to its database (as the dag processor would),
-    and a client signed in as an admin, who may trigger runs."""
-    from airflow.api_fastapi.app import create_app, get_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+@pytest.fixture(scope="session")
+def api_app(airflow_db: Path) -> Any:
+    """Airflow's api-server application with the repository's plugins, and the DAGs written to its
+    database (as the dag processor would): built once per worker, as building it takes seconds."""
+    from airflow.api_fastapi.app import create_app
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
-    from fastapi.testclient import TestClient
 
     manager = DagBundlesManager()
     manager.sync_bundles_to_db()
@@ -161,17 +159,36 @@ def api(airflow_db: Path) -> Iterator[Any]:
         bundle.initialize()
         bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
         sync_bag_to_db(bag, bundle.name, bundle.version)
-    app = create_app("core")
+    return create_app("core")
+
+
+@pytest.fixture(scope="module")
+def api(api_app: Any) -> Iterator[Any]:
+    """A client of the api-server signed in as an admin, who may trigger runs."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from fastapi.testclient import TestClient
+
     token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="ADMIN"))
-    with TestClient(app, base_url="http://localhost") as client:
+    with TestClient(api_app, base_url="http://localhost") as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield client
+
+
+# Session fixtures that train models: the modules using one share a worker, so that it trains once.
+SHARED_TRAININGS = ("fault_runs_template",)
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     definitions = info.name2fixturedefs.values() if info else ()
     return any(definition.scope == "module" for defs in definitions for definition in defs)
+
+
+def _shared_training(item: pytest.Item) -> str | None:
+    info = getattr(item, "_fixtureinfo", None)
+    names = set(info.names_closure) if info else set()
+    return next((name for name in SHARED_TRAININGS if name in names), None)
 
 
 def _module_of(item: pytest.Item) -> str:
@@ -182,16 +199,21 @@ def _module_of(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's `--dist loadgroup` (make test), the tests of a module that share a
     module-scoped fixture (an Airflow, a cluster, a trained run) go to one worker, in file order:
-    the fixture is set up once, and a test written to run last runs last. The others spread.
-
-    First among the hooks: xdist's worker names each test's group from its `xdist_group` mark in
-    this same hook, and a mark added after that splits the module over the workers.
+    the fixture is set up once, and a test written to run last runs last. The modules that use one
+    of SHARED_TRAININGS go to one worker together. The others spread.
 
     Modules with slow tests are handed out first, whole and in file order: the longest work
-    starts at once and the short tests fill the gaps, instead of a cluster starting last."""
+    starts at once and the short tests fill the gaps, instead of a cluster starting last.
+
+    First among the hooks: xdist's worker names each test's group from its `xdist_group` mark in
+    this same hook, and a mark added after that splits the module over the workers."""
+    shared = {_module_of(item): name for item in items if (name := _shared_training(item))}
     for item in items:
-        if _shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(_module_of(item)))
+        module = _module_of(item)
+        if module in shared:
+            item.add_marker(pytest.mark.xdist_group(shared[module]))
+        elif _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(module))
     slow_modules = {_module_of(item) for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: _module_of(item) not in slow_modules)  # stable: file order kept
 

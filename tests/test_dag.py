@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,8 +70,8 @@ def test_the_form_offers_approval_with_a_positive_timeout(dag) -> None:
             copy.deepcopy(dag.params).update({name: bad})
 
 
-def test_the_approval_default_comes_from_mnist_approval() -> None:
-    assert parse_in_subprocess("dag.params['approval']", MNIST_APPROVAL="required") == "required"
+def test_the_approval_default_comes_from_mnist_approval(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_with(monkeypatch, MNIST_APPROVAL="required").params["approval"] == "required"
 
 
 def test_the_serving_export_dag_is_scheduled_on_the_champion_asset(dagbag) -> None:
@@ -173,26 +173,21 @@ def test_unpausing_starts_nothing_before_the_next_scheduled_time(dag) -> None:
     assert first.run_after.weekday() == 0 and first.run_after.hour == 3  # the next Monday, 03:00 UTC
 
 
-def parse_in_subprocess(expression: str, **env: str) -> object:
-    """Load the DAG file in a fresh interpreter with `env` added (the queue, pool and schedule are
-    read when the file is parsed) and return `expression`, evaluated there on `dag`, as JSON."""
-    code = (
-        f"import json, runpy, sys; dag = runpy.run_path(sys.argv[1])['dag']; print(json.dumps({expression}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "dags" / "mnist_training.py")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def parse_with(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    """The DAG of the file parsed again, as the dag processor parses it, with `env` added to the
+    environment (the queue, pool and schedule are read when the file is parsed)."""
+    import runpy
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(REPO / "dags" / "mnist_training.py"))["dag"]
 
 
-def test_training_tasks_go_to_the_configured_queue_and_pool_and_nothing_else_does() -> None:
-    expression = "{t.task_id: [t.queue, t.pool] for t in dag.tasks}"
-    routed = parse_in_subprocess(expression, MNIST_TRAIN_QUEUE="gpu", MNIST_TRAIN_POOL="gpu")
+def test_training_tasks_go_to_the_configured_queue_and_pool_and_nothing_else_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dag = parse_with(monkeypatch, MNIST_TRAIN_QUEUE="gpu", MNIST_TRAIN_POOL="gpu")
+    routed = {task.task_id: [task.queue, task.pool] for task in dag.tasks}
     assert any(task_id.endswith(".train") for task_id in routed)
     for task_id, (queue, pool) in routed.items():
         expected = ["gpu", "gpu"] if task_id.endswith(".train") else ["default", "default_pool"]
@@ -203,19 +198,15 @@ def test_training_runs_on_the_default_queue_when_no_queue_is_configured(dag) -> 
     assert {dag.get_task(f"{m}.train").queue for m in MODEL_NAMES} == {"default"}
 
 
-def test_an_invalid_queue_name_fails_parsing_with_a_clear_error() -> None:
-    code = "import runpy, sys; runpy.run_path(sys.argv[1])"
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "dags" / "mnist_training.py")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MNIST_TRAIN_QUEUE": "gpu queue;rm"},
-        timeout=120,
-    )
-    assert result.returncode != 0 and "MNIST_TRAIN_QUEUE must be a plain name" in result.stderr
+def test_an_invalid_queue_name_fails_parsing_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MNIST_TRAIN_QUEUE must be a plain name"):
+        parse_with(monkeypatch, MNIST_TRAIN_QUEUE="gpu queue;rm")
 
 
-def test_schedule_none_keeps_only_the_new_data_trigger() -> None:
-    expression = "type(dag.timetable).__name__"
-    assert parse_in_subprocess(expression, MNIST_SCHEDULE="none").startswith("AssetTriggeredTimetable")
-    assert parse_in_subprocess(expression, MNIST_SCHEDULE="0 3 * * 1").startswith("AssetOrTimeSchedule")
+def test_schedule_none_keeps_only_the_new_data_trigger(monkeypatch: pytest.MonkeyPatch) -> None:
+    timetable = parse_with(monkeypatch, MNIST_SCHEDULE="none").timetable
+    assert type(timetable).__name__.startswith("AssetTriggeredTimetable")
+    timetable = parse_with(monkeypatch, MNIST_SCHEDULE="0 3 * * 1").timetable
+    assert type(timetable).__name__.startswith("AssetOrTimeSchedule")

@@ -53,7 +53,7 @@ def gcs_locations(gcs_server) -> Iterator[dict[str, str]]:
 def first_run(dag, gcs_locations: dict[str, str]) -> dict[str, Any]:
     """One small run of every model into an empty registry: its promotion decision. The module's
     tests share it (one DAG run, not one each); the second builds on the champion it crowned."""
-    run_dag(dag, epochs=2, max_train_images=10000)
+    run_dag(dag, epochs=2, max_train_images=5000)
     return latest_promotion(open_storage(gcs_locations["MNIST_ARTIFACTS_URI"]))
 
 

@@ -67,13 +67,20 @@ def trained(trained_template: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(trained: dict[str, Any], storage_uri: str) -> PipelineSettings:
-    return PipelineSettings(artifacts_uri=trained["artifacts"], registry_uri=storage_uri)
+def settings(trained: dict[str, Any], gcs_bucket: str) -> PipelineSettings:
+    """The registry on the GCS API, as in production. These tests publish real models (about 5 s
+    each); the same code on a local registry: the first test here and the fast tests below."""
+    return PipelineSettings(artifacts_uri=trained["artifacts"], registry_uri=f"gs://{gcs_bucket}/prefix")
 
 
 @pytest.fixture
 def registry(settings: PipelineSettings) -> Registry:
     return Registry(open_storage(settings.registry_uri))
+
+
+@pytest.fixture
+def settings_on_each_backend(trained: dict[str, Any], storage_uri: str) -> PipelineSettings:
+    return PipelineSettings(artifacts_uri=trained["artifacts"], registry_uri=storage_uri)
 
 
 def run_promotion(trained: dict, settings: PipelineSettings, run_id: str, **options: Any) -> PromotionOutcome:
@@ -96,7 +103,9 @@ def assert_not_promoted(
 
 
 @pytest.mark.slow
-def test_first_run_promotes_when_it_passes_the_floor(trained, settings, registry) -> None:
+def test_first_run_promotes_when_it_passes_the_floor(trained, settings_on_each_backend) -> None:
+    settings = settings_on_each_backend
+    registry = Registry(open_storage(settings.registry_uri))
     outcome = run_promotion(trained, settings, "run-good")
     assert_promoted(registry, outcome, "run-good")
     assert "no champion yet" in outcome.verdict.reason and outcome.previous_champion is None

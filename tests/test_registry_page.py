@@ -57,14 +57,6 @@ def registry_uri(gcs_server, tmp_path_factory: pytest.TempPathFactory, mnist_npz
     return uri
 
 
-@pytest.fixture(scope="module")
-def api_app(airflow_db) -> Any:
-    """Airflow's api-server application, with the repository's plugins folder loaded."""
-    from airflow.api_fastapi.app import create_app
-
-    return create_app("core")
-
-
 @pytest.fixture
 def api(api_app) -> Any:
     """A client of its own for each test: no cookie a response set reaches another test."""

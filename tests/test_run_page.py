@@ -71,13 +71,6 @@ def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "artifacts"
 
 
-@pytest.fixture(scope="module")
-def api_app(airflow_db) -> Any:
-    from airflow.api_fastapi.app import create_app
-
-    return create_app("core")
-
-
 @pytest.fixture
 def api(api_app) -> Any:
     from airflow.api_fastapi.app import get_auth_manager
