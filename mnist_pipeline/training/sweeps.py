@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from mnist_pipeline.config import TrainConfig
@@ -62,6 +62,8 @@ _TYPE_BOUNDS: dict[type, dict[str, float]] = {
     int: {"minimum": 1, "maximum": 1_000_000},
     float: {"exclusiveMinimum": 0, "maximum": 1_000_000},
 }
+
+SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ def sweep_schema(models: Mapping[str, ModelSpec], limit: int) -> dict[str, Any]:
     for name, spec in models.items():
         defs.update(_model_defs(name, spec, limit))
     return {
+        # Airflow validates every Param each time it serializes the DAG (each parse, each task), and
+        # jsonschema first checks the schema against its draft's metaschema: draft 2020-12's costs
+        # this schema 120 ms a time, draft 7's under a millisecond. Draft 7 has every keyword used here.
+        "$schema": SCHEMA_DRAFT,
         "type": "object",  # at the top, where the trigger form looks: it shows a JSON editor
         "allOf": [
             {"propertyNames": {"enum": list(models)}},
@@ -206,7 +212,7 @@ def check_sweep(sweep: Mapping[str, Any] | None, limit: int) -> dict[str, list[T
 
 def _validate(sweep: object, limit: int) -> None:
     """Refuse a sweep the schema refuses: one line per wrong field, naming it and saying why."""
-    validator = Draft202012Validator(sweep_schema(MODELS, limit))
+    validator = Draft7Validator(sweep_schema(MODELS, limit))
     by_field: dict[str, list[ValidationError]] = {}
     for error in validator.iter_errors(cast(Any, sweep)):  # any value: the schema judges it
         where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
