@@ -30,6 +30,7 @@ __all__ = [
     "REPO_ROOT",
     "PipelineSettings",
     "TrainConfig",
+    "onednn_process_env",
     "prepare_tensorflow_environment",
     "settings",
 ]
@@ -141,12 +142,23 @@ class PipelineSettings:
         return cls(**values)
 
     def onednn_env(self) -> dict[str, str]:
-        """TensorFlow's oneDNN variables as read at start, for `training.trainer`'s precision."""
-        return {"TF_ENABLE_ONEDNN_OPTS": self.onednn_opts, "ONEDNN_MAX_CPU_ISA": self.onednn_max_cpu_isa}
+        """TensorFlow's oneDNN variables as they bind this process, for `training.trainer`'s
+        precision: oneDNN reads them from the process's environment, so a value set there wins
+        over these settings' (settings built by hand must not choose bfloat16 where the process
+        limits oneDNN to AVX2)."""
+        own = {"TF_ENABLE_ONEDNN_OPTS": self.onednn_opts, "ONEDNN_MAX_CPU_ISA": self.onednn_max_cpu_isa}
+        return own | {name: value for name, value in onednn_process_env().items() if value}
 
     def with_overrides(self, **changes: object) -> PipelineSettings:
         """A copy with the non-empty `changes` applied (run parameters override the environment)."""
         return replace(self, **{key: value for key, value in changes.items() if value not in (None, "")})
+
+
+def onednn_process_env() -> dict[str, str]:
+    """oneDNN's variables in this process's environment, which TensorFlow's oneDNN obeys whatever
+    a `PipelineSettings` says (unset: "")."""
+    names = (ENVIRONMENT_VARIABLES["onednn_opts"], ENVIRONMENT_VARIABLES["onednn_max_cpu_isa"])
+    return {name: os.environ.get(name, "").strip() for name in names}
 
 
 def settings(env: Mapping[str, str] | None = None) -> PipelineSettings:

@@ -185,6 +185,28 @@ def test_auto_precision_is_float32_where_onednn_may_not_multiply_bfloat16(
     assert cpu_multiplies_bfloat16(path, env=env) is expected
 
 
+def test_the_processes_own_onednn_limit_binds_settings_built_by_hand_and_direct_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """oneDNN obeys the process's environment: `ONEDNN_MAX_CPU_ISA=AVX2` there means float32, even
+    for settings that do not name it and for a trainer called without settings."""
+    from mnist_pipeline.config import PipelineSettings
+    from mnist_pipeline.training.trainer import cpu_multiplies_bfloat16, onednn_may_use_bfloat16
+
+    zen4 = tmp_path / "cpuinfo"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert onednn_may_use_bfloat16() and cpu_multiplies_bfloat16(zen4, PipelineSettings().onednn_env())
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    by_hand = PipelineSettings(onednn_max_cpu_isa="")
+    assert by_hand.onednn_env()["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert not cpu_multiplies_bfloat16(zen4, by_hand.onednn_env()) and not onednn_may_use_bfloat16()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert not cpu_multiplies_bfloat16(zen4, PipelineSettings(onednn_opts="1").onednn_env())
+
+
 @pytest.mark.slow
 def test_mixed_precision_trains_in_float16_and_answers_in_float32(mnist: MnistData) -> None:
     import keras

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.config import TrainConfig, onednn_process_env
 from mnist_pipeline.data.tf_data import make_eval_dataset, make_train_dataset
 from mnist_pipeline.training.architectures import ModelConfig, get_model_spec
 
@@ -93,10 +93,10 @@ def cpu_multiplies_bfloat16(
 
 
 def onednn_may_use_bfloat16(env: Mapping[str, str] | None = None) -> bool:
-    """Whether oneDNN's variables in `env` (`PipelineSettings.onednn_env`; None: TensorFlow's
-    defaults) let it use the CPU's bfloat16 instructions: it is not turned off, and its ISA limit,
-    if any, names a bfloat16-capable set (AVX512_CORE_BF16 or later)."""
-    env = env or {}
+    """Whether oneDNN's variables in `env` (`PipelineSettings.onednn_env`; None: this process's)
+    let it use the CPU's bfloat16 instructions: it is not turned off, and its ISA limit, if any,
+    names a bfloat16-capable set (AVX512_CORE_BF16 or later)."""
+    env = onednn_process_env() if env is None else env
     if env.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
         return False
     limit = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
