@@ -6,7 +6,9 @@ test module imports it.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -138,11 +140,33 @@ def cluster_services() -> dict[str, tuple[str, int]]:
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """Airflow's metadata database (SQLite in a temporary AIRFLOW_HOME), migrated once."""
-    airflow = Path(sys.executable).parent / "airflow"
-    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+def airflow_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Airflow's metadata database (SQLite in this worker's temporary AIRFLOW_HOME), migrated once
+    per test run: the first worker that needs it migrates a copy in the run's shared temporary
+    folder, the others copy that file (a migration takes seconds of CPU)."""
+    no_workers = not hasattr(request.config, "workerinput")  # nothing to share with
+    if no_workers or os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):  # not a file to copy
+        _migrate_airflow_db(_AIRFLOW_HOME)
+        return _AIRFLOW_HOME
+    template = tmp_path_factory.getbasetemp().parent / "airflow-home-template"  # this run's, shared
+    template.mkdir(exist_ok=True)
+    with (template / "migrating.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (template / "migrated").exists():
+            _migrate_airflow_db(template)
+            (template / "migrated").touch()
+    shutil.copyfile(template / AIRFLOW_DB_FILE, _AIRFLOW_HOME / AIRFLOW_DB_FILE)
     return _AIRFLOW_HOME
+
+
+AIRFLOW_DB_FILE = "airflow.db"  # SQLite's file in AIRFLOW_HOME, as Airflow names it by default
+
+
+def _migrate_airflow_db(home: Path) -> None:
+    airflow = Path(sys.executable).parent / "airflow"
+    env = os.environ | {"AIRFLOW_HOME": str(home)}
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=env)
+    assert (home / AIRFLOW_DB_FILE).is_file(), f"airflow db migrate wrote no {AIRFLOW_DB_FILE} in {home}"
 
 
 @pytest.fixture(scope="session")
@@ -175,8 +199,9 @@ def api(api_app: Any) -> Iterator[Any]:
         yield client
 
 
-# Session fixtures that train models: the modules using one share a worker, so that it trains once.
-SHARED_TRAININGS = ("fault_runs_template",)
+# Costly session fixtures: the modules using one share a worker, so that it is set up once (the
+# fault-injection runs train models; the api-server app takes seconds to build).
+SHARED_SESSION_FIXTURES = ("fault_runs_template", "api_app")
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
@@ -185,10 +210,10 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
     return any(definition.scope == "module" for defs in definitions for definition in defs)
 
 
-def _shared_training(item: pytest.Item) -> str | None:
+def _shared_fixture(item: pytest.Item) -> str | None:
     info = getattr(item, "_fixtureinfo", None)
     names = set(info.names_closure) if info else set()
-    return next((name for name in SHARED_TRAININGS if name in names), None)
+    return next((name for name in SHARED_SESSION_FIXTURES if name in names), None)
 
 
 def _module_of(item: pytest.Item) -> str:
@@ -200,14 +225,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's `--dist loadgroup` (make test), the tests of a module that share a
     module-scoped fixture (an Airflow, a cluster, a trained run) go to one worker, in file order:
     the fixture is set up once, and a test written to run last runs last. The modules that use one
-    of SHARED_TRAININGS go to one worker together. The others spread.
+    of SHARED_SESSION_FIXTURES go to one worker together. The others spread.
 
     Modules with slow tests are handed out first, whole and in file order: the longest work
     starts at once and the short tests fill the gaps, instead of a cluster starting last.
 
     First among the hooks: xdist's worker names each test's group from its `xdist_group` mark in
     this same hook, and a mark added after that splits the module over the workers."""
-    shared = {_module_of(item): name for item in items if (name := _shared_training(item))}
+    shared = {_module_of(item): name for item in items if (name := _shared_fixture(item))}
     for item in items:
         module = _module_of(item)
         if module in shared:

@@ -33,6 +33,9 @@ from mnist_pipeline.config import ENVIRONMENT_VARIABLES, PipelineSettings
 from mnist_pipeline.errors import ConfigError
 from mnist_pipeline.storage import split_gs_uri
 
+# One worker for the module: each parse of the DAG under a service's environment (a new Python
+# importing Airflow) is cached per process (`_parsed_routes`), and several tests ask for the same.
+pytestmark = pytest.mark.xdist_group("test_compose")
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW_SERVICES = {
     "airflow-init",
