@@ -46,8 +46,7 @@ import psutil
 
 from mnist_pipeline.config import settings
 from mnist_pipeline.errors import ConfigError
-from mnist_pipeline.web.app import URL_PREFIX
-from mnist_pipeline.web.link import NAV_ROUTE
+from mnist_pipeline.web.addresses import NAV_ROUTE, URL_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -227,8 +227,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     the fixture is set up once, and a test written to run last runs last. The modules that use one
     of SHARED_SESSION_FIXTURES go to one worker together. The others spread.
 
-    Modules with slow tests are handed out first, whole and in file order: the longest work
-    starts at once and the short tests fill the gaps, instead of a cluster starting last.
+    Modules with slow tests are handed out first, whole and in file order, then the other groups,
+    then the single tests: the longest work starts at once and the short tests fill the gaps,
+    instead of a cluster (or a group of fast tests) starting last.
 
     First among the hooks: xdist's worker names each test's group from its `xdist_group` mark in
     this same hook, and a mark added after that splits the module over the workers."""
@@ -240,7 +241,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         elif _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(module))
     slow_modules = {_module_of(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: _module_of(item) not in slow_modules)  # stable: file order kept
+    grouped = {_module_of(item) for item in items if item.get_closest_marker("xdist_group")}
+    # Stable: file order kept within each of the three.
+    items.sort(key=lambda item: (_module_of(item) not in slow_modules, _module_of(item) not in grouped))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -105,3 +105,46 @@ def test_an_image_keeps_its_side_of_the_split_whatever_shard_brings_it(mnist: Mn
     assert 0.07 < mask.mean() < 0.13
     assert np.array_equal(held_out_mask(images[::-1]), mask[::-1])
     assert np.array_equal(held_out_mask(images[1000:]), mask[1000:])
+
+
+# --- the index of base MNIST, built once and extended with the accepted shards ---------------------
+
+
+def assert_same_index(got, expected) -> None:
+    from dataclasses import fields
+
+    for field in fields(expected):
+        assert np.array_equal(getattr(got, field.name), getattr(expected, field.name)), field.name
+
+
+def test_an_index_extended_with_more_references_equals_one_built_over_all_of_them(mnist: MnistData) -> None:
+    from mnist_pipeline.data.duplicates import DuplicateIndex
+
+    base = mnist.x_train[:3000]
+    # Copies of base images (their blocks' hashes repeat the base's), honest new digits, blanks.
+    more = np.concatenate([retouched(base[:40]), new_digits(mnist.x_train[3000:3100]), np.zeros((5, 28, 28))])
+    more = more.astype(np.uint8)
+    assert_same_index(DuplicateIndex.of(base).extended(more), DuplicateIndex.of(np.concatenate([base, more])))
+    assert_same_index(DuplicateIndex.of(base).extended(more[:0]), DuplicateIndex.of(base))
+    assert_same_index(DuplicateIndex.of(base[:0]).extended(more), DuplicateIndex.of(more))
+    extended = DuplicateIndex.of(base).extended(more)
+    assert (
+        extended.duplicates(base[:40]).all()
+        and not extended.duplicates(new_digits(mnist.x_train[5000:5020])).any()
+    )
+
+
+def test_the_base_index_is_built_once_for_the_same_images_and_anew_for_others(mnist: MnistData) -> None:
+    from dataclasses import replace
+
+    from mnist_pipeline.data.screening import base_index
+
+    first = base_index(mnist)
+    assert base_index(replace(mnist, y_train=mnist.y_train.copy())) is first  # the images decide
+    other = replace(mnist, x_test=np.array(mnist.x_test))
+    other.x_test[0, 14, 14] ^= 0xFF
+    changed = base_index(other)
+    assert changed is not first and not np.array_equal(changed.images, first.images)
+    assert np.array_equal(changed.images[:10_000], other.x_test) and np.array_equal(
+        first.images[:10_000], mnist.x_test
+    )

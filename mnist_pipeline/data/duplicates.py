@@ -49,6 +49,21 @@ def _block_hashes(images: np.ndarray) -> np.ndarray:
     return hashes
 
 
+def _as_images(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, 28, 28)
+
+
+def _sorted_blocks(images: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every inked block's hash, sorted, and its owner (references numbered from `first`); a
+    stable sort, so that the owners of one hash are in reference order, as `extended` keeps them."""
+    hashes = _block_hashes(images)
+    owners = np.repeat(np.arange(first, first + len(images)), _BLOCKS).reshape(hashes.shape)
+    inked = hashes != 0
+    hashes, owners = hashes[inked], owners[inked]
+    order = np.argsort(hashes, kind="stable")
+    return hashes[order], owners[order]
+
+
 def _shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return np.roll(images, (dy, dx), axis=(-2, -1))
 
@@ -66,13 +81,21 @@ class DuplicateIndex:
 
     @classmethod
     def of(cls, images: np.ndarray) -> DuplicateIndex:
-        images = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, 28, 28)
-        hashes = _block_hashes(images)
-        owners = np.repeat(np.arange(len(images)), _BLOCKS).reshape(hashes.shape)
-        inked = hashes != 0
-        hashes, owners = hashes[inked], owners[inked]
-        order = np.argsort(hashes)
-        hashes, owners = hashes[order], owners[order]
+        images = _as_images(images)
+        return cls._of_sorted(images, *_sorted_blocks(images, 0))
+
+    def extended(self, images: np.ndarray) -> DuplicateIndex:
+        """This index with `images` as further references, numbered after these: the same as `of`
+        over both, without hashing and sorting these references again."""
+        images = _as_images(images)
+        hashes, owners = _sorted_blocks(images, len(self.images))
+        mine = np.repeat(self.distinct, self.counts)  # every block hash, in order
+        at = np.searchsorted(mine, hashes, side="right")  # after equal ones: owners stay in order
+        merged = np.concatenate([self.images, images])
+        return self._of_sorted(merged, np.insert(mine, at, hashes), np.insert(self.owners, at, owners))
+
+    @classmethod
+    def _of_sorted(cls, images: np.ndarray, hashes: np.ndarray, owners: np.ndarray) -> DuplicateIndex:
         starts = np.flatnonzero(np.diff(hashes, prepend=-1.0))  # -1: no hash, so a run starts at 0
         counts = np.diff(starts, append=len(hashes))
         return cls(images, hashes[starts], starts, counts, owners)

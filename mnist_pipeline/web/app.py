@@ -44,6 +44,7 @@ from fastapi.responses import Response
 
 from mnist_pipeline.config import PipelineSettings
 from mnist_pipeline.errors import MnistPipelineError
+from mnist_pipeline.web.addresses import URL_PREFIX
 from mnist_pipeline.web.error_pages import http_error, registry_error
 from mnist_pipeline.web.overview import (
     HistoryCursorError,
@@ -76,7 +77,6 @@ __all__ = [
     "run_context",
 ]
 
-URL_PREFIX = "/model-registry"
 
 
 def airflow_access() -> Any:

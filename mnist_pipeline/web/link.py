@@ -13,8 +13,9 @@ from urllib.parse import quote, urlparse
 
 from airflow.sdk import BaseOperatorLink
 
-from mnist_pipeline.web.app import URL_PREFIX
+from mnist_pipeline.web.addresses import LINK_NAME, NAV_ROUTE, RUN_TAB_HREF, RUN_TAB_ROUTE
 
+# The names are re-exported: the plugin and the tests import them from here, as before.
 __all__ = [
     "LINK_NAME",
     "NAV_ROUTE",
@@ -26,14 +27,7 @@ __all__ = [
     "xcom_return_value",
 ]
 
-LINK_NAME = "Model Registry"  # the navigation entry, the run tab and the extra link: one name
 PROMOTE_TASK_ID = "promote"
-# Airflow shows a navigation view at /plugin/<route> followed by the framed page's own path, so the
-# overview's address reads /plugin/mnist-pipeline/model-registry/ (and deep links work).
-NAV_ROUTE = "mnist-pipeline"
-RUN_TAB_ROUTE = "model-registry"  # a run's tab: /dags/<dag>/runs/<run>/plugin/model-registry
-# The page the run tab frames; Airflow fills in {DAG_ID} and {RUN_ID}, URL-encoded.
-RUN_TAB_HREF = f"{URL_PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}"
 
 
 def registry_link(dag_id: str, run_id: str, outcome: Any, base_path: str = "") -> str:
