@@ -144,7 +144,8 @@ def test_a_run_refuses_epochs_0_naming_the_field_instead_of_reading_it_as_empty(
 
 def test_parsing_the_dag_files_imports_no_tensorflow() -> None:
     """Every DAG file in turn in one fresh process (a parse is a new Python, as the dag-processor's),
-    checked after each: the first that loads TensorFlow or Keras is named."""
+    checked after each: the first that loads TensorFlow or Keras, itself or through the library
+    modules it imports (the form, the run's params, the approval), is named."""
     code = (
         "import runpy, sys\n"
         "for path in sys.argv[1:]:\n"
