@@ -141,10 +141,11 @@ def test_the_base_index_is_built_once_for_the_same_images_and_anew_for_others(mn
 
     first = base_index(mnist)
     assert base_index(replace(mnist, y_train=mnist.y_train.copy())) is first  # the images decide
-    other = replace(mnist, x_test=np.array(mnist.x_test))
-    other.x_test[0, 14, 14] ^= 0xFF
-    changed = base_index(other)
-    assert changed is not first and not np.array_equal(changed.images, first.images)
-    assert np.array_equal(changed.images[:10_000], other.x_test) and np.array_equal(
-        first.images[:10_000], mnist.x_test
-    )
+    for split in ("x_test", "x_train"):  # one pixel changed in either split: another index
+        images = np.array(getattr(mnist, split))
+        images[-1, 14, 14] ^= 0xFF
+        other = replace(mnist, **{split: images})
+        changed = base_index(other)
+        assert changed is not first and changed is base_index(other)
+        assert np.array_equal(changed.images, np.concatenate([other.x_test, other.x_train]))
+    assert np.array_equal(base_index(mnist).images, np.concatenate([mnist.x_test, mnist.x_train]))
