@@ -264,10 +264,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     """This process's temporary AIRFLOW_HOME goes when the process's tests end (each worker has one)."""
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
 
 # The fault-injection suite's fixtures and its end-of-session summary; the guard that fails a test
 # not marked slow when it trains a model.

@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 
-
 def airflow_access() -> Any:
     """Airflow's own check: an authenticated user allowed to see the Airflow UI."""
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
