@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -174,19 +175,25 @@ def _migrate_airflow_db(home: Path) -> None:
 
 @pytest.fixture(scope="session")
 def api_app(airflow_db: Path) -> Any:
-    """Airflow's api-server application with the repository's plugins, and the DAGs written to its
-    database (as the dag processor would): built once per worker, as building it takes seconds."""
+    """Airflow's api-server application, whole (the REST API, the UI and the repository's plugins, as
+    `airflow api-server` serves it), and the DAGs written to its database (as the dag processor
+    would): built once per test run, as building it takes seconds (its modules share a worker)."""
     from airflow.api_fastapi.app import create_app
+    from airflow.configuration import conf
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
 
+    # The task API, part of the whole app, validates tokens with the configured secret and makes
+    # none up (`airflow api-server` has one set); this process signs and checks its own tokens.
+    if not conf.get("api_auth", "jwt_secret", fallback=""):
+        conf.set("api_auth", "jwt_secret", secrets.token_urlsafe(32))
     manager = DagBundlesManager()
     manager.sync_bundles_to_db()
     for bundle in manager.get_all_dag_bundles():
         bundle.initialize()
         bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
         sync_bag_to_db(bag, bundle.name, bundle.version)
-    return create_app("core")
+    return create_app("all")
 
 
 @pytest.fixture(scope="module")
@@ -270,5 +277,5 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 # The fault-injection suite's fixtures and its end-of-session summary; the guard that fails a test
-# not marked slow when it trains a model.
-pytest_plugins = ["tests.fault_fixtures", "tests.fault_report", "tests.training_guard"]
+# not marked slow when it trains a model; the serving check's passes remembered by content.
+pytest_plugins = ["tests.fault_fixtures", "tests.fault_report", "tests.training_guard", "tests.serving_memo"]

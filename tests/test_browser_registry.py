@@ -38,24 +38,18 @@ WAITING_RUN, KEPT_RUN = "manual__2026-12-01T10:00:00+00:00", "scheduled__2026-12
 
 
 @pytest.fixture(scope="module")
-def server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Airflow's api-server app (UI and plugin) on a free port, over a seeded registry."""
+def server(api_app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Airflow's api-server app (the UI and the plugin; the suite's one, built once) served by uvicorn
+    on a free port, over a seeded registry."""
     import uvicorn
-    from airflow.api_fastapi.app import create_app
 
     root = tmp_path_factory.mktemp("browser-registry")
-    env = {
-        "MNIST_ARTIFACTS_URI": str(root / "artifacts"),
-        "MNIST_REGISTRY_URI": str(root / "registry"),
-        # The whole app (the UI and the task API too) signs its tokens: `airflow api-server` sets one.
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET")
-        or "browser-test-secret",
-    }
+    env = {"MNIST_ARTIFACTS_URI": str(root / "artifacts"), "MNIST_REGISTRY_URI": str(root / "registry")}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     seed(root)
     port = free_port()
-    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app("all"), port=port, log_level="warning"))
+    uvicorn_server = uvicorn.Server(uvicorn.Config(api_app, port=port, log_level="warning"))
     page_settings = pytest.MonkeyPatch()
     serve_settings(page_settings)  # the page reads the settings it was created with: these
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)

@@ -142,27 +142,44 @@ def test_a_run_refuses_epochs_0_naming_the_field_instead_of_reading_it_as_empty(
             RunParams.from_params(defaults | conf, PipelineSettings())
 
 
-def test_parsing_the_dag_files_imports_no_tensorflow() -> None:
+@pytest.fixture(scope="module")
+def fresh_parse(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
     """Every DAG file in turn in one fresh process (a parse is a new Python, as the dag-processor's),
-    checked after each: the first that loads TensorFlow or Keras, itself or through the library
-    modules it imports (the form, the run's params, the approval), is named."""
+    checked after each, with a schedule set and an unreachable metadata database: the first file
+    that loads TensorFlow or Keras, itself or through the library modules it imports (the form, the
+    run's params, the approval), is named; the training DAG's timetable is printed."""
     code = (
         "import runpy, sys\n"
         "for path in sys.argv[1:]:\n"
-        "    runpy.run_path(path)\n"
+        "    names = runpy.run_path(path)\n"
         "    heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
         "    if heavy: sys.exit(f'{path} imports {heavy}')\n"
+        "    if path.endswith('/mnist_training.py'):\n"
+        "        timetable = names['dag'].timetable\n"
+        "        print(type(timetable).__name__, timetable.timetable.expression)\n"
     )
     files = sorted(str(path) for path in (REPO / "dags").glob("*.py"))
-    assert len(files) >= 3, files
-    result = subprocess.run(
-        [sys.executable, "-c", code, *files],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=120,
+    assert len(files) >= 3 and str(REPO / "dags" / "mnist_training.py") in files, files
+    env = os.environ | {
+        "MNIST_SCHEDULE": "15 4 * * 2",
+        # An unreachable database: parsing must not need one.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////nonexistent-folder/airflow.db",
+        "AIRFLOW_HOME": str(tmp_path_factory.mktemp("parse-home")),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code, *files], capture_output=True, text=True, env=env, timeout=120
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_parsing_the_dag_files_imports_no_tensorflow(fresh_parse: subprocess.CompletedProcess[str]) -> None:
+    assert fresh_parse.returncode == 0, fresh_parse.stdout + fresh_parse.stderr[-3000:]
+
+
+def test_the_schedule_parses_without_database_or_network(
+    fresh_parse: subprocess.CompletedProcess[str],
+) -> None:
+    assert fresh_parse.returncode == 0, fresh_parse.stderr[-3000:]
+    assert fresh_parse.stdout.split() == ["AssetOrTimeSchedule", "15", "4", "*", "*", "2"]
 
 
 def test_unpausing_starts_nothing_before_the_next_scheduled_time(dag) -> None:
