@@ -4,11 +4,13 @@ then Bearer requests to /api/v2."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AirflowApi"]
+__all__ = ["AirflowApi", "wait_until"]
 
 
 class AirflowApi:
@@ -54,3 +56,11 @@ class AirflowApi:
             request.add_header("Authorization", f"Bearer {self.token}")
         data = json.dumps(body).encode() if body is not None else None
         return urllib.request.urlopen(request, data=data, timeout=30)
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
+    """`condition()`'s first truthy value within `timeout_s`, else its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(every_s)
+    return value

@@ -21,10 +21,10 @@ import pytest
 
 from mnist_pipeline.web.app import URL_PREFIX
 from mnist_pipeline.web.link import NAV_ROUTE
+from tests.airflow_api import wait_until
 from tests.page_settings import serve_settings
 from tests.ports import free_port
 from tests.registry_helpers import record_event
-from tests.test_airflow_ui import wait_until
 from tests.test_registry_page import CNN, DNN, LINEAR, asked_and_answered, crowned, gate_decision
 from tests.test_run_page import kept_event, pending_event, record_decision
 

@@ -41,6 +41,7 @@ TINY_RUN = {
 }
 TINY_LINEAR_RUN = TINY_RUN | {"models": ["linear"]}
 WAIT_S = 900
+SCHEDULER_LOOPS_S = 5  # the scheduler loops about once a second
 TRAINING, EXPORT = "mnist_training", "mnist_serving_export"
 TRAININGS = {"linear.train", "dnn.train", "cnn.train"}
 
@@ -187,7 +188,7 @@ def awaiting_approval(api: AirflowApi, registry, conf: dict[str, Any]) -> tuple[
     run_id = api.call("POST", f"/api/v2/dags/{TRAINING}/dagRuns", body)["dag_run_id"]
     wait_until("the approval task waiting", lambda: waiting(api, run_id))
     request = api.call("GET", f"{run_path(TRAINING, run_id)}/taskInstances/approval/-1/hitlDetails")
-    time.sleep(10)  # a few scheduler loops: still waiting, and nothing moved meanwhile
+    time.sleep(SCHEDULER_LOOPS_S)  # still waiting, and nothing moved meanwhile
     assert task(api, run_id, "approval")["state"] == "awaiting_input"
     assert registry.champion() == before
     state = registry.state()  # the gate decided (and pointed the candidate); nobody answered yet
@@ -279,7 +280,7 @@ def reject_one(api: AirflowApi, registry, champion: Any) -> None:
     assert (rejection.kind, rejection.approval, rejection.approver) == ("approval", "rejected", "admin")
     assert rejection.run_id == run_id and not rejection.promoted and read_alias(registry, CANDIDATE) is None
     assert [move.alias for move in answer_commit(registry, run_id).moves] == ["candidate"]
-    time.sleep(10)  # a consumer run would have been created by now
+    time.sleep(SCHEDULER_LOOPS_S)  # a consumer run would have been created by now (under 1 s seen)
     assert len(champion_events(api)) == 1
     runs = api.call("GET", f"/api/v2/dags/{EXPORT}/dagRuns")["dag_runs"]
     assert [run["run_type"] for run in runs].count("asset_triggered") == 1  # and the clock's, if any
@@ -293,7 +294,7 @@ def time_out_one(api: AirflowApi, registry, champion: Any) -> None:
     from mnist_pipeline.registry.history import list_events
 
     before = registry.champion()
-    conf = TINY_LINEAR_RUN | {"approval_timeout_hours": 0.005}  # 18 s
+    conf = TINY_LINEAR_RUN | {"approval_timeout_hours": 0.002}  # 7.2 s
     started = api.call("POST", f"/api/v2/dags/{TRAINING}/dagRuns", {"logical_date": None, "conf": conf})
     run = finished_run(api, TRAINING, started["dag_run_id"])
     assert run["state"] == "success" and task(api, run["dag_run_id"], "release")["state"] == "skipped"

@@ -1,143 +1,20 @@
-"""The Airflow UI as a user meets it, in a real browser, against `make airflow`'s Airflow.
-
-`scripts/airflow_ui.py` (what `make airflow` runs) starts `airflow standalone` on a free port with
-a registry that already holds two versions (a weak linear champion, then a DNN that beat it).
-Headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) then signs in with the
-password the script printed and, in one scenario: opens the trigger form (Models is a multi-select
-of the known models), submits epochs = 0 and reads the refusal naming the field, triggers a small
-linear run from the form's fields (unpausing the DAG starts nothing else), reads the training log
-(epoch lines, no TensorFlow start-up notices), follows the promote task's "Model Registry" link to
-that run's verdict inside Airflow, opens the registry from the navigation and finds the accuracy
-chart, then a version's comparison with the champion.
-
-Screenshots land in `$MNIST_TEST_ARTIFACTS/screenshots` (else the test's temporary folder); their
-paths are printed.
-"""
+"""The steps of the browser scenario in `test_airflow_ui.py`: Playwright on a page signed in to
+`make airflow`'s Airflow, each step checking what a user sees there."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-
-from mnist_pipeline.config import PipelineSettings
-from mnist_pipeline.registry.gate import GateConfig
-from mnist_pipeline.registry.promotion import PromotionOptions, promote
 from mnist_pipeline.web.link import LINK_NAME, NAV_ROUTE, RUN_TAB_ROUTE
-from tests.airflow_api import AirflowApi
-from tests.ports import free_port
-from tests.test_airflow_ui import start_wrapper, stop_wrapper, wait_until, wrapper_env
-from tests.trained_runs import evaluate_runs
+from tests.airflow_api import AirflowApi, wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
-]
-READY_TIMEOUT_S = 300
 SCHEDULER_LOOPS_S = 10  # a few of the scheduler's loops (it checks for due runs every few seconds)
 RUN_TIMEOUT_S = 420  # a linear model on 3,000 images, each task a process of its own, on 2 cores
-# Seeds: a weak first champion, then a DNN that beats it; the run the browser triggers is kept.
-SEED_RUNS = {"seed-linear": ("linear", 1000, 1), "seed-dnn": ("dnn", 6000, 1)}
 UI_RUN = {"Models": {"linear: epochs": "1"}, "Training": {"Training images": "3000"}}  # by form section
-
-
-@pytest.fixture(scope="module")
-def airflow_ui(tmp_path_factory: pytest.TempPathFactory, mnist_npz: Path) -> Iterator[dict[str, Any]]:
-    """`make airflow`'s Airflow on a free port, over a registry seeded with two promotions."""
-    root = tmp_path_factory.mktemp("browser")
-    env = wrapper_env(root, free_port()) | {"MNIST_SOURCE": str(mnist_npz)}
-    seed_registry(env, mnist_npz)
-    wrapper = start_wrapper(env)
-    try:
-        wait_until(lambda: "Ctrl-C" in wrapper.output or wrapper.process.poll() is not None, READY_TIMEOUT_S)
-        address, password = wrapper.printed(r"ready: (http://\S+)"), wrapper.printed(r"password: +(\S+)")
-        if wrapper.process.poll() is not None or not (address and password):
-            pytest.fail(f"make airflow did not get ready:\n{wrapper.output}", pytrace=False)
-        yield {"address": address, "user": wrapper.printed(r"user: +(\S+)"), "password": password}
-    finally:
-        stop_wrapper(wrapper.process)
-
-
-def seed_registry(env: dict[str, str], mnist_npz: Path) -> None:
-    """Two real runs promoted through the gate (its floor lowered for models trained this briefly)."""
-    evaluations = evaluate_runs(env["MNIST_ARTIFACTS_URI"], mnist_npz, SEED_RUNS)
-    settings = PipelineSettings(
-        source=str(mnist_npz),
-        artifacts_uri=env["MNIST_ARTIFACTS_URI"],
-        registry_uri=env["MNIST_REGISTRY_URI"],
-    )
-    options = PromotionOptions(gate=GateConfig(floor=0.5))
-    for run_id, evaluation in evaluations.items():
-        assert promote([evaluation], settings, run_id, options).promoted
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("MNIST_TEST_ARTIFACTS") or tmp_path) / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-def browser_page(airflow_ui: dict[str, Any]) -> Iterator[Any]:
-    """A signed-in page: Airflow's login form, filled with what `make airflow` printed."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(f"{airflow_ui['address']}/")
-        page.wait_for_url("**/auth/login**")
-        page.get_by_label("Username").fill(airflow_ui["user"])
-        page.get_by_label("Password").fill(airflow_ui["password"])
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{airflow_ui['address']}/")
-        yield page
-        browser.close()
-
-
-def test_a_user_triggers_a_run_and_follows_it_to_the_registry(
-    airflow_ui: dict[str, Any], browser_page: Any, screenshots: Path
-) -> None:
-    page, address = browser_page, airflow_ui["address"]
-    api = AirflowApi(address)
-    api.sign_in(airflow_ui["user"], airflow_ui["password"])
-    shots: list[Path] = []
-
-    def shot(name: str) -> None:
-        shots.append(screenshots / f"{len(shots) + 1:02d}_{name}.png")
-        page.screenshot(path=str(shots[-1]), full_page=True)
-
-    dialog = open_trigger_form(page, address)
-    dialog.get_by_text("Unpause mnist_training on trigger").wait_for()  # the DAG starts paused
-    refused = submit_conf(page, dialog, {"models": ["linear"], "epochs": 0})
-    assert re.search(r"Invalid input for param epochs: 0 is less than the minimum of 1", refused)
-    shot("trigger_form_refuses_epochs_0")
-    assert_unpaused_with_no_run(api)  # the form unpauses before it submits: nothing may start
-
-    run_id = trigger_small_linear_run(page, address, shot)
-    shot("run_triggered")
-    assert_one_run_only(api, run_id)
-    wait_for_success(api, run_id)
-
-    assert_quiet_training_log(page, address, run_id)
-    shot("training_log_quiet")
-    follow_the_extra_link(page, address, run_id)
-    shot("extra_link_opens_the_run_verdict")
-    open_registry_from_navigation(page, address)
-    shot("registry_accuracy_chart")
-    open_a_version_against_the_champion(page, address)
-    shot("version_compared_with_champion")
-    print("\nscreenshots:\n" + "\n".join(str(path) for path in shots))
 
 
 def open_trigger_form(page: Any, address: str) -> Any:
@@ -215,7 +92,7 @@ def run_ids(api: AirflowApi) -> dict[str, str]:
 
 
 def assert_unpaused_with_no_run(api: AirflowApi) -> None:
-    """"Unpause on trigger" (ticked by default) unpaused the DAG; no scheduled run for a slot
+    """The form's "Unpause on trigger" (ticked by default) unpaused the DAG; no scheduled run for a slot
     already past started, even after the scheduler had a few loops to start one."""
     status, body = api.request("GET", "/api/v2/dags/mnist_training")
     assert status == 200 and json.loads(body)["is_paused"] is False
