@@ -42,17 +42,18 @@ lint: $(STAMP) $(TYPECHECKED)
 	$(BIN)/ruff check mnist_pipeline dags plugins tests benchmarks scripts
 	$(BIN)/lint-imports
 
-# One pytest worker per CPU core (at least 2, at most 4: each holds TensorFlow and Airflow); a module
-# whose tests share a module-scoped fixture runs on one worker, in order (tests/conftest.py).
-PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(max(len(os.sched_getaffinity(0)), 2), 4))")
-PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
+# pytest workers: PYTEST_WORKERS if set, else one per CPU core for the fast tests and one more for the
+# whole suite, whose slow tests leave a core idle while they wait on Airflow's processes and servers
+# (at least 2, at most 4: each holds TensorFlow and Airflow). A module whose tests share a
+# module-scoped fixture runs on one worker, in order (tests/conftest.py).
+workers = $(or $(PYTEST_WORKERS),$(shell $(PYTHON) -c "import os; print(min(max(len(os.sched_getaffinity(0)) + $(1), 2), 4))"))
 
 test: lint
-	$(BIN)/pytest $(PARALLEL)
+	$(BIN)/pytest -n $(call workers,1) --dist loadgroup
 
 # Skips the tests that train models or run the DAG end to end.
 test-fast: lint
-	$(BIN)/pytest $(PARALLEL) -m "not slow"
+	$(BIN)/pytest -n $(call workers,0) --dist loadgroup -m "not slow"
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache .import_linter_cache
