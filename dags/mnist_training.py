@@ -28,6 +28,7 @@ moved.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Asset, TriggerRule, XComArg, get_current_context, task, task_group
@@ -48,9 +49,13 @@ NEW_LABELLED_DATA = Asset(NEW_DATA_ASSET_NAME)
 CHAMPION_RELEASES = Asset(CHAMPION_ASSET_NAME)  # one event per move of the champion
 
 
-def _run() -> RunParams:
+def _run_of(context: Any) -> RunParams:
     """The run's params and settings, read and checked once at the task's start."""
-    return RunParams.from_context(get_current_context(), settings())
+    return RunParams.from_context(context, settings())
+
+
+def _run() -> RunParams:
+    return _run_of(get_current_context())
 
 
 @task
@@ -83,7 +88,7 @@ def train(model_name: str, snapshot: dict, trial: dict) -> dict:
 
     context = get_current_context()
     with no_retry_on_bad_input():
-        run = RunParams.from_context(context, settings())
+        run = _run_of(context)
         planned = Trial.from_dict(trial, "the trials task's XCom")
         context["trial_label"] = planned.label  # type: ignore[typeddict-unknown-key]
         info = SnapshotInfo.from_dict(snapshot, "the ingest task's XCom")
@@ -140,7 +145,7 @@ def release() -> dict:
 
     context = get_current_context()
     with no_retry_on_bad_input():
-        run = RunParams.from_context(context, settings())
+        run = _run_of(context)
         outcome, answer = promotion_outcome(context["ti"]), approval_answer(context["ti"])
         made = steps.release(outcome, answer, run.settings, run.run_id) if outcome else None
     if made is None:
@@ -185,5 +190,6 @@ with DAG(
         task_id="approval",
         subject="Make the candidate the MNIST champion?",  # replaced by the run's own question
         defaults=ApprovalOperator.REJECT,  # no answer before the timeout rejects
+        run_params=_run_of,
     )
     promote(evaluations) >> approval >> release()

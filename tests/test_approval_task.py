@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from mnist_pipeline import steps
+from mnist_pipeline.config import settings
 from mnist_pipeline.orchestration.approval import CandidateApproval
+from mnist_pipeline.run_params import RunParams
 
 
 class FakeTi:
@@ -33,8 +35,15 @@ def context(pushed: dict[str, Any], **params: Any) -> dict[str, Any]:
     }
 
 
+def run_params(context: dict[str, Any]) -> RunParams:
+    """As the DAG file resolves them: the settings read where the task starts."""
+    return RunParams.from_context(context, settings())
+
+
 def operator() -> CandidateApproval:
-    return CandidateApproval(task_id="approval", subject="?", defaults=CandidateApproval.REJECT)
+    return CandidateApproval(
+        task_id="approval", subject="?", defaults=CandidateApproval.REJECT, run_params=run_params
+    )
 
 
 def test_nobody_is_asked_when_promote_did_not_run() -> None:

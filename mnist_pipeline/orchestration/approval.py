@@ -6,13 +6,13 @@ Imports no TensorFlow: the steps it runs are imported when it runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-from mnist_pipeline.config import settings
 from mnist_pipeline.orchestration.failures import no_retry_on_bad_input
 from mnist_pipeline.registry.approval import ApprovalAnswer
 from mnist_pipeline.registry.promotion import PromotionOutcome
@@ -58,7 +58,15 @@ class CandidateApproval(ApprovalOperator):
     Skipped when the run's promotion awaits no approval (approval not required, a kept champion, a
     dry run). The question (verdict, slices, link) and the timeout are known only at run time, so
     they are set here before the operator records its request. Reject, or the timeout (whose
-    default answer is Reject), records the decision and skips `release`: no asset event."""
+    default answer is Reject), records the decision and skips `release`: no asset event.
+
+    `run_params` resolves the run's params and settings from the task's context: the DAG file,
+    where the task starts, reads the settings (both `execute` and, after the deferral, a new
+    worker's `execute_complete` call it)."""
+
+    def __init__(self, *, run_params: Callable[[Any], RunParams], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run_params = run_params
 
     def execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -69,7 +77,7 @@ class CandidateApproval(ApprovalOperator):
         if outcome is None or not outcome.awaiting_approval:
             raise AirflowSkipException(_no_approval_reason(outcome))
         with no_retry_on_bad_input():
-            hours = RunParams.from_context(context, settings()).approval_timeout_hours
+            hours = self.run_params(context).approval_timeout_hours
         request = approval_request(outcome, context["run_id"], hours, _api_base_path())
         self.subject, self.body = request.subject, request.body
         self.response_timeout = timedelta(hours=hours)
@@ -82,7 +90,7 @@ class CandidateApproval(ApprovalOperator):
             answer = ApprovalAnswer.from_hitl(event)
             if not answer.approved:
                 with no_retry_on_bad_input():
-                    run = RunParams.from_context(context, settings())
+                    run = self.run_params(context)
                     # execute asked only about an outcome awaiting approval: promote's outcome is there.
                     outcome = promotion_outcome(context["ti"])
                     steps.decline(outcome, answer, run.settings, run.run_id)  # pyright: ignore[reportArgumentType]
